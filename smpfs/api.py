@@ -1,0 +1,220 @@
+"""The lifecycle commands as one dispatch table.
+
+The same code runs in the mounted daemon (for requests on its control socket,
+the caller uid coming from SO_PEERCRED) or, when nothing is mounted, in the
+CLI process for root. Every command takes ``(smp, caller_uid, **args)`` and
+returns a JSON-able dict; a dict that changed stores names them in
+``"changed_stores"`` so the daemon reloads them.
+
+Admin commands (``ADMIN``) refuse non-root callers with PermissionDenied,
+audited as a denial.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+
+from . import association, audit, computer, folder, release, request, retention
+from . import key as keymod
+from .errors import NotFound, PermissionDenied, UsageError
+from .units import parse_duration
+
+
+def _need_root(smp, caller: int, command: str) -> None:
+    if caller != 0:
+        err = PermissionDenied(f"`{command.replace('_', ' ')}` is for the SMP admin (root)",
+                               "ask an admin, or use sudo")
+        audit.record_failure(smp, caller, command, err)
+        raise err
+
+
+# -- lifecycle (any mapped uid for its own computer; root for any) -------------
+
+def _request_capture(smp, caller, computer=None, retries=0, retry_delay=0):
+    return request.request_capture(smp, caller, computer=computer, retries=int(retries or 0),
+                                   retry_delay=float(retry_delay or 0))
+
+
+def _release_capture(smp, caller, computer=None):
+    return release.release_capture(smp, caller, computer=computer)
+
+
+def _request_restore(smp, caller, computer=None):
+    return request.request_restore(smp, caller, computer=computer)
+
+
+def _release_restore(smp, caller, computer=None):
+    return release.release_restore(smp, caller, computer=computer)
+
+
+# -- admin ---------------------------------------------------------------------
+
+def _computer_add(smp, caller, name, uid):
+    return computer.add_computer(smp, name, uid)
+
+
+def _computer_list(smp, caller):
+    return {"computers": computer.list_computers(smp)}
+
+
+def _computer_remove(smp, caller, name):
+    return computer.remove_computer(smp, name)
+
+
+def _associate(smp, caller, source, dest):
+    return association.associate(smp, source, dest, uid=caller)
+
+
+def _association_list(smp, caller, all=False):
+    return {"associations": association.list_associations(smp, include_removed=bool(all))}
+
+
+def _association_remove(smp, caller, source, dest, force=False):
+    return association.remove(smp, source, dest, force=bool(force), uid=caller)
+
+
+def _folder_add(smp, caller, path, max_clients=100, min_free="500MB"):
+    f = folder.add_folder(smp, path, max_clients=max_clients, min_free=min_free)
+    audit.record(smp, caller, "folder_add", path=f["path"], share=f["share"],
+                 max_clients=f["max_clients"], min_free=f["min_free"])
+    return f
+
+
+def _folder_list(smp, caller):
+    return {"folders": folder.list_folders(smp)}
+
+
+def _folder_remove(smp, caller, path, force=False):
+    return folder.remove_folder(smp, path, force=bool(force), uid=caller)
+
+
+def _config(smp, caller, restore_only=None, server=None, delete_after=None,
+            delete_immediately=False, reapply_retention=False):
+    """Show settings; set any given. ``delete_after`` is a duration ('7d') or seconds."""
+    if delete_after is not None and delete_immediately:
+        raise UsageError("give --delete-after or --delete-immediately, not both")
+    result = {"changed_stores": []}
+    if restore_only is not None:
+        on = _on_off(restore_only)
+        old = smp.restore_only
+        smp.set_setting("restore_only", "1" if on else "0")
+        audit.record(smp, caller, "config", setting="restore_only", old=old, new=on)
+    if server is not None:
+        if not server.strip() or "\\" in server:
+            raise UsageError(f"invalid server name {server!r}")
+        old = smp.setting("server")
+        smp.set_setting("server", server.strip())
+        audit.record(smp, caller, "config", setting="server", old=old, new=server.strip())
+    if delete_immediately:
+        retention.set_policy(smp, 0, uid=caller)
+    elif delete_after is not None:
+        secs = delete_after if isinstance(delete_after, int) else parse_duration(delete_after)
+        retention.set_policy(smp, secs, uid=caller)
+    if reapply_retention:
+        moved = retention.reapply_retention(smp, uid=caller)
+        result["reapplied"] = moved
+    result.update(smp.settings())
+    return result
+
+
+def _on_off(value) -> bool:
+    v = str(value).strip().lower()
+    if v in ("on", "1", "true", "yes"):
+        return True
+    if v in ("off", "0", "false", "no"):
+        return False
+    raise UsageError(f"--restore-only takes on or off, not {value!r}")
+
+
+def _key_show(smp, caller, source):
+    """The recovery key of SOURCE's newest live store (root only; audited)."""
+    a = association.live_for_source(smp, computer.get(smp, source)["name"])
+    stores = association.stores_of(smp, a["id"]) if a else []
+    if not stores:
+        err = NotFound(f"{source} has no state store with a key",
+                       "keys exist from `request capture` until the store is deleted")
+        audit.record_failure(smp, caller, "key_show", err, computer=source)
+        raise err
+    s = smp.store(stores[-1]["store_id"])
+    data_key = smp.data_key(s)
+    audit.record(smp, caller, "key_show", computer=s["source"], store_id=s["store_id"])
+    return {"computer": s["source"], "dest": s["dest"], "store_id": s["store_id"],
+            "status": s["status"], "unc": smp.unc(s), "store_path": str(smp.store_path(s)),
+            "recovery_key": keymod.format_recovery_key(data_key)}
+
+
+def _status(smp, caller):
+    return {"state_dir": str(smp.state_dir), "settings": smp.settings(),
+            "mountpoint": str(smp.mountpoint()) if smp.mountpoint() else None,
+            "next_deadline": retention.next_deadline(smp),
+            "folders": folder.list_folders(smp),
+            "computers": computer.list_computers(smp),
+            "associations": association.list_associations(smp),
+            "deleted_bytes_total": smp.query_one(
+                "SELECT COALESCE(SUM(bytes_freed),0) AS n FROM stores")["n"]}
+
+
+def _log(smp, caller, since_id=0, limit=None):
+    return {"entries": audit.entries(smp, since_id=int(since_id or 0), limit=limit)}
+
+
+def _retention_run(smp, caller, at=None):
+    now = retention.parse_at(at)
+    deleted = retention.sweep(smp, now=now, uid=caller)
+    audit.record(smp, caller, "retention_run", at=now, stores_deleted=len(deleted))
+    return {"at": now, "deleted": deleted, "next_deadline": retention.next_deadline(smp),
+            "changed_stores": [d["store_id"] for d in deleted]}
+
+
+def _retire(smp, caller):
+    deleted = retention.retire(smp, uid=caller)
+    return {"deleted": deleted, "changed_stores": [d["store_id"] for d in deleted]}
+
+
+COMMANDS = {
+    "request_capture": _request_capture,
+    "release_capture": _release_capture,
+    "request_restore": _request_restore,
+    "release_restore": _release_restore,
+    "computer_add": _computer_add,
+    "computer_list": _computer_list,
+    "computer_remove": _computer_remove,
+    "associate": _associate,
+    "association_list": _association_list,
+    "association_remove": _association_remove,
+    "folder_add": _folder_add,
+    "folder_list": _folder_list,
+    "folder_remove": _folder_remove,
+    "config": _config,
+    "key_show": _key_show,
+    "status": _status,
+    "log": _log,
+    "retention_run": _retention_run,
+    "retire": _retire,
+}
+
+#: Commands only root may run.
+ADMIN = frozenset(COMMANDS) - {"request_capture", "release_capture", "request_restore", "release_restore"}
+
+
+def dispatch(smp, caller_uid: int, command: str, args: dict | None = None) -> dict:
+    """Run ``command`` for ``caller_uid`` with keyword ``args``; returns a JSON-able dict.
+
+    Raises the command's SmpError on refusal (its ``exit_code`` is the CLI's).
+    """
+    fn = COMMANDS.get(command)
+    if fn is None:
+        raise UsageError(f"unknown command {command!r}")
+    if command in ADMIN:
+        _need_root(smp, caller_uid, command)
+    args = {k: v for k, v in (args or {}).items() if v is not None}
+    try:
+        inspect.signature(fn).bind(smp, caller_uid, **args)
+    except TypeError as e:
+        raise UsageError(f"bad arguments for {command}: {e}")
+    result = fn(smp, caller_uid, **args)
+    result = dict(result) if isinstance(result, dict) else {"result": result}
+    result.setdefault("changed_stores", [])
+    result["ok"] = True
+    result["ts"] = time.time()
+    return result

@@ -1,0 +1,69 @@
+"""The audit log: one queryable table instead of ConfigMgr's smpisapi/smpmgr logs.
+
+Every request, release, refusal, deletion, key view, recovery and admin change
+is a row: time, caller uid, computer, action, store id, outcome
+(``ok`` | ``denied`` | ``error``) and a small JSON ``detail``.
+
+Never put keys, paths inside a store or any user data into ``detail``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+from .errors import PermissionDenied, SmpError
+
+_FORBIDDEN = ("key", "recovery_key", "data_key", "wrapped_key", "master")
+
+
+def record(smp, uid, action: str, computer: str | None = None, store_id: str | None = None,
+           outcome: str = "ok", **detail) -> int:
+    """Append one audit entry; returns its id."""
+    assert outcome in ("ok", "denied", "error"), outcome
+    bad = [k for k in detail if k in _FORBIDDEN]
+    assert not bad, f"secrets must never reach the audit log: {bad}"
+    with smp.tx():
+        cur = smp.conn.execute(
+            "INSERT INTO audit (ts, uid, computer, action, store_id, outcome, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), uid, computer, action, store_id, outcome,
+             json.dumps(detail, sort_keys=True, default=str) if detail else None))
+        return cur.lastrowid
+
+
+def entries(smp, since_id: int = 0, limit: int | None = None) -> list[dict]:
+    """Entries with id > ``since_id``, oldest first (``limit`` = the newest N)."""
+    if limit:
+        rows = smp.query("SELECT * FROM (SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?) "
+                         "ORDER BY id", (since_id, int(limit)))
+    else:
+        rows = smp.query("SELECT * FROM audit WHERE id > ? ORDER BY id", (since_id,))
+    for r in rows:
+        r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+    return rows
+
+
+def record_failure(smp, uid, action: str, err: SmpError, computer=None, store_id=None) -> None:
+    """Record a refused call: ``denied`` for permission, ``error`` for everything else."""
+    record(smp, uid, action, computer=computer, store_id=store_id,
+           outcome="denied" if isinstance(err, PermissionDenied) else "error",
+           error=type(err).__name__, message=err.message)
+
+
+def audited(action: str):
+    """Decorator for ``fn(smp, caller_uid, computer=None, ...)``: refusals are audited.
+
+    Successful calls record their own entry (they know the store id).
+    """
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(smp, caller_uid, *args, **kwargs):
+            try:
+                return fn(smp, caller_uid, *args, **kwargs)
+            except SmpError as e:
+                computer = kwargs.get("computer", args[0] if args else None)
+                record_failure(smp, caller_uid, action, e, computer=computer)
+                raise
+        return wrapper
+    return deco

@@ -1,0 +1,95 @@
+"""Computers: a (case-insensitive, NetBIOS-like) name mapped to the Unix uid its
+migration tool runs as. The kernel tells the SMP who calls (peer credentials),
+so a computer is identified by its uid, never by a name it claims.
+"""
+from __future__ import annotations
+
+import pwd
+import re
+import time
+
+from . import audit
+from .errors import Conflict, NotFound, PermissionDenied, UnknownComputer, UsageError
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def parse_uid(text) -> int:
+    """A uid given as a number or a user name."""
+    s = str(text).strip()
+    if s.isdigit():
+        return int(s)
+    try:
+        return pwd.getpwnam(s).pw_uid
+    except KeyError:
+        raise UsageError(f"no such user {s!r}", "give a numeric uid or an existing user name")
+
+
+def add_computer(smp, name: str, uid) -> dict:
+    if not _NAME.fullmatch(name or ""):
+        raise UsageError(f"invalid computer name {name!r}",
+                         "use letters, digits, '.', '-', '_' (at most 63), e.g. PC-0042")
+    uid = parse_uid(uid)
+    if uid == 0:
+        raise UsageError("a computer cannot run as root (uid 0)",
+                         "root is the SMP admin; give each computer its own unprivileged uid")
+    with smp.tx():
+        if (c := get(smp, name, missing_ok=True)) is not None:
+            raise Conflict(f"computer {c['name']} already exists (uid {c['uid']})")
+        if (c := by_uid(smp, uid)) is not None:
+            raise Conflict(f"uid {uid} is already computer {c['name']}",
+                           "each computer needs its own uid")
+        smp.conn.execute("INSERT INTO computers (name, uid, created_at) VALUES (?,?,?)",
+                         (name, uid, time.time()))
+    audit.record(smp, 0, "computer_add", computer=name, computer_uid=uid)
+    return get(smp, name)
+
+
+def get(smp, name: str, missing_ok: bool = False) -> dict | None:
+    row = smp.query_one("SELECT * FROM computers WHERE name=?", (name,))
+    if row is None and not missing_ok:
+        raise UnknownComputer(f"unknown computer {name!r}",
+                              f"an admin adds it with `smpfs computer add {name} --uid UID`")
+    return row
+
+
+def by_uid(smp, uid: int) -> dict | None:
+    return smp.query_one("SELECT * FROM computers WHERE uid=?", (uid,))
+
+
+def list_computers(smp) -> list[dict]:
+    return smp.query("SELECT * FROM computers ORDER BY name")
+
+
+def remove_computer(smp, name: str) -> dict:
+    c = get(smp, name)
+    live = smp.query("SELECT * FROM associations WHERE removed_at IS NULL AND (source=? OR dest=?)",
+                     (c["name"], c["name"]))
+    if live:
+        pairs = ", ".join(f"{a['source']} -> {a['dest']}" for a in live)
+        raise Conflict(f"computer {c['name']} is still in association(s): {pairs}",
+                       "remove them first with `smpfs association remove SOURCE DEST`")
+    with smp.tx():
+        smp.conn.execute("DELETE FROM computers WHERE name=?", (c["name"],))
+    audit.record(smp, 0, "computer_remove", computer=c["name"], computer_uid=c["uid"])
+    return c
+
+
+def resolve_caller(smp, caller_uid: int, computer: str | None, action: str) -> dict:
+    """The computer a caller acts for.
+
+    Root acts for any computer and must name it. Any other uid acts only for
+    the computer mapped to it; a name, if given, must be that computer.
+    """
+    if caller_uid == 0:
+        if not computer:
+            raise UsageError(f"name the computer: root may {action} for any computer",
+                             f"e.g. smpfs {action.replace('_', ' ')} PC-0042")
+        return get(smp, computer)
+    mine = by_uid(smp, caller_uid)
+    if mine is None:
+        raise UnknownComputer(f"uid {caller_uid} is not mapped to any computer",
+                              f"an admin adds it with `smpfs computer add NAME --uid {caller_uid}`")
+    if computer and computer.lower() != mine["name"].lower():
+        raise PermissionDenied(f"uid {caller_uid} is computer {mine['name']} and cannot act for {computer}")
+    return mine

@@ -1,0 +1,402 @@
+"""The mount daemon: pyfuse3's loop, the control socket, timers and signals.
+
+``mount()`` checks everything it can *before* forking (so errors are clear
+and come with an exit code), starts the daemon in the background and
+returns once the mount answers. The daemon runs, in one trio loop:
+
+* pyfuse3's request loop (``fs.SmpOperations``);
+* the control socket (``control.serve``) through which the CLI runs
+  lifecycle commands; the caller's uid comes from ``SO_PEERCRED``;
+* a commit timer (batch commits every second, a durable point every few);
+* the retention timer, sleeping until the next deadline;
+* a signal receiver: SIGTERM / SIGINT unmount cleanly.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from . import api, control, retention
+from .errors import MountError, NotMountedError, PermissionDenied, SmpError
+from .fs import SHARE_BASE, Catalog, ShareRec, SmpOperations, StoreRec, join
+from .key import StoreKeys
+from .smp import DAEMON_FILE, Smp
+from .statestore import ROOT as STORE_ROOT, StateStore
+from .units import parse_free
+
+log = logging.getLogger("smpfs.daemon")
+
+COMMIT_EVERY = 1.0
+SYNC_EVERY = 5.0
+LOG_FILE = "smpfs.log"
+
+
+# -- mounting from the CLI ---------------------------------------------------------
+
+def _daemon_info(state_dir: Path) -> dict | None:
+    try:
+        info = json.loads((state_dir / DAEMON_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return None
+    except PermissionError:
+        pass
+    return info
+
+
+def preflight(state_dir: Path, mountpoint: Path) -> Smp:
+    """Everything that can be checked before mounting, each with a clear error."""
+    smp = Smp.open(state_dir)
+    smp.master_key()                                   # missing / unsafe key -> KeyFileError
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse does not exist", "load the fuse module (modprobe fuse) or run where FUSE is available")
+    if not mountpoint.exists():
+        raise MountError(f"mountpoint {mountpoint} does not exist", f"create it: mkdir -p {mountpoint}")
+    if not mountpoint.is_dir():
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted there",
+                         f"unmount it first: smpfs umount {mountpoint}")
+    info = _daemon_info(smp.state_dir)
+    if info:
+        raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
+                         "one SMP is served by one daemon; use that mount or unmount it first")
+    return smp
+
+
+def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False) -> None:
+    state_dir = Path(state_dir).absolute()
+    mountpoint = Path(mountpoint).absolute()
+    smp = preflight(state_dir, mountpoint)
+    smp.close()
+    if foreground:
+        Daemon(state_dir, mountpoint, debug=debug).run()
+        return
+    r, w = os.pipe()
+    env = dict(os.environ, SMPFS_READY_FD=str(w))
+    cmd = [sys.executable, "-m", "smpfs", "--state", str(state_dir), "mount", str(mountpoint), "--foreground"]
+    if debug:
+        cmd.append("--debug")
+    logf = open(state_dir / LOG_FILE, "ab")
+    proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL,
+                            stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
+    os.close(w)
+    logf.close()
+    with os.fdopen(r, "rb") as pipe:
+        msg = pipe.read().decode(errors="replace").strip()
+    if msg == "READY":
+        return
+    code = proc.wait(timeout=30) if proc.poll() is None and not msg else proc.poll()
+    if msg.startswith("ERROR "):
+        _, exit_code, text = msg.split(" ", 2)
+        e = MountError(text)
+        e.exit_code = int(exit_code)
+        raise e
+    raise MountError(f"the smpfs daemon exited ({code}) before the mount was ready",
+                     f"see {state_dir / LOG_FILE}")
+
+
+def umount(state_dir, mountpoint, timeout: float = 120) -> None:
+    """Flush, unmount and wait for the daemon to exit."""
+    state_dir = Path(state_dir).absolute()
+    mountpoint = Path(mountpoint).absolute()
+    info = _daemon_info(state_dir)
+    if not os.path.ismount(mountpoint):
+        raise NotMountedError(f"{mountpoint} is not mounted")
+    r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if r.returncode != 0:
+        err = r.stderr.strip()
+        if "busy" in err.lower():
+            raise MountError(f"{mountpoint} is busy: a process still uses it",
+                             f"find it with: fuser -vm {mountpoint}")
+        raise MountError(f"unmounting {mountpoint} failed: {err}")
+    if info:
+        pid = int(info["pid"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise MountError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s after unmount")
+
+
+# -- the daemon ----------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, state_dir: Path, mountpoint: Path, debug: bool = False):
+        self.state_dir = state_dir
+        self.mountpoint = mountpoint
+        self.debug = debug
+        self.smp: Smp | None = None
+        self.catalog = Catalog()
+        self.ops: SmpOperations | None = None
+        self.wake_retention: trio.Event | None = None
+        self.nursery = None
+        self._ready_fd = int(os.environ.pop("SMPFS_READY_FD", "-1"))
+
+    def _tell_parent(self, msg: str) -> None:
+        if self._ready_fd >= 0:
+            try:
+                os.write(self._ready_fd, msg.encode() + b"\n")
+            finally:
+                os.close(self._ready_fd)
+                self._ready_fd = -1
+
+    def _setup_logging(self) -> None:
+        root = logging.getLogger("smpfs")
+        root.setLevel(logging.DEBUG if self.debug else logging.INFO)
+        h = logging.handlers.RotatingFileHandler(self.state_dir / LOG_FILE, maxBytes=10 << 20, backupCount=3)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(h)
+        if sys.stderr.isatty():
+            root.addHandler(logging.StreamHandler())
+
+    def run(self) -> None:
+        try:
+            self._setup_logging()
+            self.smp = preflight(self.state_dir, self.mountpoint)
+            self._recover_if_dirty()
+            self.refresh()
+            self.catalog.open_store = self._open_store
+            self.ops = SmpOperations(self.catalog)
+            opts = set(pyfuse3.default_options)
+            opts.discard("default_permissions")
+            opts |= {"fsname=smpfs", "subtype=smpfs", "noatime"}
+            if os.geteuid() == 0:
+                opts.add("allow_other")
+            pyfuse3.init(self.ops, str(self.mountpoint), opts)
+        except SmpError as e:
+            self._tell_parent(f"ERROR {e.exit_code} {e}")
+            raise
+        except Exception as e:
+            self._tell_parent(f"ERROR 5 {type(e).__name__}: {e}")
+            raise
+        self._set_meta("dirty", "1")
+        (self.state_dir / DAEMON_FILE).write_text(json.dumps(
+            {"pid": os.getpid(), "mountpoint": str(self.mountpoint), "started": time.time()}))
+        log.info("mounted %s at %s", self.state_dir, self.mountpoint)
+        ok = False
+        try:
+            trio.run(self._main)
+            ok = True
+        finally:
+            try:
+                self._shutdown()
+            finally:
+                pyfuse3.close(unmount=ok)
+                for name in (DAEMON_FILE, control.SOCKET_NAME):
+                    try:
+                        os.unlink(self.state_dir / name)
+                    except FileNotFoundError:
+                        pass
+        log.info("unmounted %s", self.mountpoint)
+
+    def _shutdown(self) -> None:
+        errors = 0
+        for rowid in list(self.ops.stores):
+            try:
+                self.ops.close_store(rowid)
+            except Exception:
+                errors += 1
+                log.exception("closing store %d failed", rowid)
+        if not errors:
+            self._set_meta("dirty", "0")
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with self.smp.tx():
+            self.smp.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def _recover_if_dirty(self) -> None:
+        row = self.smp.query_one("SELECT value FROM meta WHERE key='dirty'")
+        if row and row["value"] == "1":
+            from . import fsck
+            log.warning("the last mount did not end cleanly: checking every store")
+            report = fsck.check_smp(self.smp, repair=True)
+            for line in report.get("findings", []):
+                log.warning("fsck: %s", line)
+        # deletions a crash interrupted are finished before anything is served
+        if self.smp.query_one("SELECT 1 AS x FROM stores WHERE status='deleting'"):
+            retention.sweep(self.smp, now=0)
+
+    # -- the catalog ---------------------------------------------------------------
+
+    def refresh(self, changed: list[str] | None = None) -> None:
+        """Reload shares and stores from smp.db and act on what changed."""
+        shares = {}
+        for f in self.smp.query("SELECT * FROM folders WHERE removed_at IS NULL"):
+            spec = parse_free(f["min_free"])
+            path = f["path"]
+            shares[f["id"]] = ShareRec(f["id"], f["share"], path, _min_free_fn(spec, path))
+        old = dict(self.catalog.stores)
+        stores = {}
+        for s in self.smp.query("SELECT id, store_id, folder_id, status, source_uid, dest_uid FROM stores"):
+            stores[s["id"]] = StoreRec(s["id"], s["store_id"], s["folder_id"], s["status"],
+                                       s["source_uid"], s["dest_uid"])
+        self.catalog.shares = shares
+        self.catalog.stores = stores
+        if self.ops is None:
+            return
+        for rowid, rec in stores.items():
+            before = old.get(rowid)
+            if before is None or before.status == rec.status:
+                continue
+            self._status_changed(before, rec)
+
+    def _open_store(self, rec: StoreRec) -> StateStore:
+        row = self.smp.query_one("SELECT * FROM stores WHERE id=?", (rec.rowid,))
+        folder = self.catalog.shares.get(rec.folder_id)
+        if row is None or folder is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        keys = StoreKeys.from_data_key(rec.store_id, self.smp.data_key(row))
+        st = StateStore(Path(folder.path) / rec.store_id, keys, min_free_bytes=folder.min_free)
+        st.read_only = rec.status != "capturing"
+        return st
+
+    def _status_changed(self, before: StoreRec, rec: StoreRec) -> None:
+        log.info("store %s…: %s -> %s", rec.store_id[:12], before.status, rec.status)
+        st = self.ops.stores.get(rec.rowid)
+        if rec.status in ("deleting", "deleted"):
+            inodes = self.ops.open_inodes(rec.rowid)
+            self.ops.close_store(rec.rowid, abandon=True)
+            self._invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()))
+            return
+        if st is not None:
+            if rec.status != "capturing" and not st.read_only:
+                st.sync()                     # everything captured is durable before it is frozen
+            st.read_only = rec.status != "capturing"
+        self._invalidate([join(rec.rowid, STORE_ROOT)], attr_only=True)
+
+    def _invalidate(self, inodes, attr_only=False, entry=None) -> None:
+        """Drop kernel caches from a worker thread (never inside a handler)."""
+        def work():
+            for ino in inodes:
+                try:
+                    pyfuse3.invalidate_inode(ino, attr_only=attr_only)
+                except OSError:
+                    pass
+            if entry is not None:
+                try:
+                    pyfuse3.invalidate_entry(entry[0], entry[1])
+                except OSError:
+                    pass
+        self.nursery.start_soon(trio.to_thread.run_sync, work)
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        self.wake_retention = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await nursery.start(control.serve, self.state_dir / control.SOCKET_NAME, self._command)
+            nursery.start_soon(self._signals)
+            nursery.start_soon(self._commit_timer)
+            nursery.start_soon(self._retention_timer)
+            self._tell_parent("READY")
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                log.info("signal %s: unmounting", signal.Signals(sig).name)
+                pyfuse3.terminate()
+                return
+
+    async def _commit_timer(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            await trio.sleep(COMMIT_EVERY)
+            durable = time.monotonic() - last_sync >= SYNC_EVERY
+            for st in list(self.ops.stores.values()):
+                try:
+                    if durable and st.changed:
+                        st.sync()
+                    else:
+                        st.commit()
+                except Exception:
+                    log.exception("periodic commit of %s failed", st.path.name[:12])
+            if durable:
+                last_sync = time.monotonic()
+
+    async def _retention_timer(self) -> None:
+        while True:
+            deadline = retention.next_deadline(self.smp)
+            wait = 3600.0 if deadline is None else max(0.0, deadline - time.time())
+            with trio.move_on_after(min(wait, 3600.0)):
+                await self.wake_retention.wait()
+            self.wake_retention = trio.Event()
+            deadline = retention.next_deadline(self.smp)
+            if deadline is not None and deadline <= time.time():
+                self._sweep()
+
+    def _sweep(self, at: float | None = None) -> list[dict]:
+        due = self.smp.query(
+            "SELECT id FROM stores WHERE status='deleting' OR (delete_at IS NOT NULL AND delete_at <= ? "
+            "AND status NOT IN ('deleting','deleted'))", (at or time.time(),))
+        for row in due:                      # stop serving them before their files go
+            rec = self.catalog.stores.get(row["id"])
+            if rec is not None and rec.status not in ("deleting", "deleted"):
+                gone = StoreRec(**{**rec.__dict__, "status": "deleting"})
+                self.catalog.stores[rec.rowid] = gone
+                self._status_changed(rec, gone)
+        try:
+            return retention.sweep(self.smp, now=at)
+        finally:
+            self.refresh()
+
+    # -- control commands ---------------------------------------------------------------
+
+    async def _command(self, uid: int, cmd: str, args: dict) -> dict:
+        if cmd == "ping":
+            return {"pid": os.getpid(), "mountpoint": str(self.mountpoint)}
+        if cmd == "retention_run":
+            if uid != 0:
+                raise PermissionDenied("retention run is for the SMP admin (root)")
+            at = retention.parse_at(args.get("at")) if args.get("at") else None
+            return {"deleted": self._sweep(at), "changed_stores": []}
+        if cmd == "request_capture" and int(args.get("retries") or 0) > 0:
+            # retries sleep: run them on a private connection in a worker thread
+            def work():
+                smp = Smp.open(self.state_dir)
+                try:
+                    return api.dispatch(smp, uid, cmd, args)
+                finally:
+                    smp.close()
+            result = await trio.to_thread.run_sync(work)
+        else:
+            if cmd in ("retire", "folder_remove", "association_remove"):
+                self._flush_all()
+            result = api.dispatch(self.smp, uid, cmd, args)
+        self.refresh(result.get("changed_stores"))
+        self.wake_retention.set()
+        return result
+
+    def _flush_all(self) -> None:
+        for st in list(self.ops.stores.values()):
+            st.commit()
+
+
+def _min_free_fn(spec, path):
+    def threshold() -> int:
+        if spec.percent is None:
+            return spec.bytes
+        v = os.statvfs(path)
+        return spec.threshold(v.f_blocks * v.f_frsize)
+    return threshold

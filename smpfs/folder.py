@@ -1,0 +1,141 @@
+"""Storage folders: where state stores live, each with a client limit and a free-space floor.
+
+A capture goes to the folder that is under its maximum clients and above its
+minimum free space, most free space first (:func:`choose_folder`). Like
+ConfigMgr, free space is checked at request time only.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .errors import Conflict, NotFound, UsageError
+from .smp import _check_max_clients, new_share_id
+from .units import format_size, parse_free
+
+
+def _abspath(path) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
+def add_folder(smp, path, max_clients: int = 100, min_free: str = "500MB") -> dict:
+    """Add (or re-add) a storage folder; creates the directory (0711) if missing."""
+    max_clients = _check_max_clients(max_clients)
+    min_free = str(min_free).strip()
+    parse_free(min_free)                 # validate; kept as the admin wrote it
+    path = _abspath(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot create storage folder {path}: {path.parent} does not exist")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} exists and is not a directory")
+    path.mkdir(mode=0o711, exist_ok=True)
+    row = smp.query_one("SELECT * FROM folders WHERE path=?", (str(path),))
+    with smp.tx():
+        if row and row["removed_at"] is None:
+            raise Conflict(f"{path} is already a storage folder",
+                           "change it by removing and adding it again")
+        if row:   # re-adding a removed folder keeps its share id
+            smp.conn.execute("UPDATE folders SET max_clients=?, min_free=?, removed_at=NULL WHERE id=?",
+                             (max_clients, min_free, row["id"]))
+            fid = row["id"]
+        else:
+            share = new_share_id()
+            while smp.query_one("SELECT 1 AS x FROM folders WHERE share=?", (share,)):
+                share = new_share_id()
+            fid = smp.conn.execute(
+                "INSERT INTO folders (share, path, max_clients, min_free, created_at) VALUES (?,?,?,?,?)",
+                (share, str(path), max_clients, min_free, time.time())).lastrowid
+    return describe(smp, smp.folder(fid))
+
+
+def space(path) -> tuple[int, int]:
+    """(free bytes available to the SMP, total bytes) of the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def clients(smp, folder_id: int) -> int:
+    """Live (not deleted) stores in the folder: ConfigMgr's 'clients'."""
+    return smp.conn.execute(
+        "SELECT COUNT(*) FROM stores WHERE folder_id=? AND status NOT IN ('deleting','deleted')",
+        (folder_id,)).fetchone()[0]
+
+
+def _used(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def describe(smp, row: dict, used: bool = False) -> dict:
+    """A folder row plus share name, clients, free space and whether it has room."""
+    d = dict(row)
+    d["share_name"] = smp.share_name(row)
+    d["clients"] = clients(smp, row["id"])
+    try:
+        free, total = space(row["path"])
+        d["free_bytes"], d["total_bytes"] = free, total
+        d["min_free_bytes"] = parse_free(row["min_free"]).threshold(total)
+        reasons = []
+        if d["clients"] >= row["max_clients"]:
+            reasons.append(f"{d['clients']}/{row['max_clients']} clients")
+        if free <= d["min_free_bytes"]:
+            reasons.append(f"{format_size(free)} free, needs more than {row['min_free']}")
+    except OSError as e:
+        d["free_bytes"] = d["total_bytes"] = None
+        reasons = [f"unavailable: {e.strerror}"]
+    if row["removed_at"] is not None:
+        reasons.insert(0, "removed")
+    d["full_reasons"] = reasons
+    d["has_room"] = not reasons
+    if used:
+        d["used_bytes"] = _used(Path(row["path"])) if os.path.isdir(row["path"]) else 0
+    return d
+
+
+def list_folders(smp, include_removed: bool = False, used: bool = True) -> list[dict]:
+    where = "" if include_removed else "WHERE removed_at IS NULL"
+    return [describe(smp, r, used=used) for r in smp.query(f"SELECT * FROM folders {where} ORDER BY id")]
+
+
+def choose_folder(smp) -> tuple[dict | None, list[dict]]:
+    """(best folder or None, all live folders described). Most free space wins."""
+    folders = list_folders(smp, used=False)
+    ok = sorted((f for f in folders if f["has_room"]), key=lambda f: -f["free_bytes"])
+    return (ok[0] if ok else None), folders
+
+
+def find_folder(smp, path) -> dict:
+    row = smp.query_one("SELECT * FROM folders WHERE path=? AND removed_at IS NULL",
+                        (str(_abspath(path)),))
+    if row is None:
+        raise NotFound(f"{_abspath(path)} is not a storage folder", "see `smpfs folder list`")
+    return row
+
+
+def remove_folder(smp, path, force: bool = False, uid: int = 0) -> dict:
+    """Remove a storage folder. While it holds live stores this is refused unless
+    ``force``; then those stores are deleted (crypto-shredded) first."""
+    from . import audit, retention
+    row = find_folder(smp, path)
+    live = smp.query("SELECT * FROM stores WHERE folder_id=? AND status NOT IN ('deleting','deleted')",
+                     (row["id"],))
+    if live and not force:
+        raise Conflict(f"{row['path']} still holds {len(live)} state store(s)",
+                       "wait until they are restored and deleted, or use --force to delete them now")
+    deleted = [retention.delete_store(smp, s, reason="folder removed", uid=uid) for s in live]
+    # finish any deletion that was interrupted in this folder
+    for s in smp.query("SELECT * FROM stores WHERE folder_id=? AND status='deleting'", (row["id"],)):
+        deleted.append(retention.delete_store(smp, s, reason="folder removed", uid=uid))
+    with smp.tx():
+        smp.conn.execute("UPDATE folders SET removed_at=? WHERE id=?", (time.time(), row["id"]))
+    audit.record(smp, uid, "folder_remove", path=row["path"], share=row["share"],
+                 stores_deleted=len(deleted))
+    return {"folder": row["path"], "deleted": deleted,
+            "changed_stores": [d["store_id"] for d in deleted]}

@@ -1,0 +1,640 @@
+"""The FUSE layer: kernel requests in, calls on state stores out.
+
+It owns only what is FUSE's business: the inode-number namespace, kernel
+lookup counts, file handles, and turning ``OSError`` into ``FUSEError``.
+Who may do what is decided by :func:`smpfs.access.level` on every request
+(``default_permissions`` is off: the kernel's dentry and attribute caches
+are shared by all uids, so a check made for one caller must never be
+reused for another; see ../shared/fuse-notes.md §4).
+
+Inode numbers in the mount::
+
+    1                      the mount root: one hidden share per storage folder
+    16 + folder id         SMPSTORED_XXXXXXXX$  (a share: one dir per state store)
+    store rowid << 40 | n  inode n of that store (n = 1 is the store directory)
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+import pyfuse3
+
+from . import access as access_mod
+from .chunk import BLOCK_SIZE
+from .statestore import ROOT as STORE_ROOT, Attr, StateStore
+
+log = logging.getLogger("smpfs.fs")
+
+SHIFT = 40
+LOCAL_MASK = (1 << SHIFT) - 1
+SHARE_BASE = 16
+TIMEOUT = 60.0                # entry/attr cache seconds (invalidated on lifecycle changes)
+GONE = ("deleting", "deleted")
+
+
+@dataclass
+class StoreRec:
+    """What the FUSE layer knows of a store from smp.db."""
+    rowid: int
+    store_id: str
+    folder_id: int
+    status: str
+    source_uid: int
+    dest_uid: int
+
+    def as_row(self) -> dict:
+        return {"status": self.status, "source_uid": self.source_uid, "dest_uid": self.dest_uid}
+
+
+@dataclass
+class ShareRec:
+    folder_id: int
+    share: str
+    path: str
+    min_free: Callable[[], int]
+
+    @property
+    def name(self) -> bytes:
+        return f"SMPSTORED_{self.share}$".encode()
+
+
+@dataclass
+class Handle:
+    ino: int          # global
+    uid: int
+    gid: int
+    writable: bool
+
+
+def split(ino: int) -> tuple[int, int]:
+    return ino >> SHIFT, ino & LOCAL_MASK
+
+
+def join(rowid: int, local: int) -> int:
+    return (rowid << SHIFT) | local
+
+
+def _fail(code: int):
+    return pyfuse3.FUSEError(code)
+
+
+class Catalog:
+    """The daemon's view of smp.db: shares and stores. The daemon refreshes it."""
+
+    def __init__(self):
+        self.shares: dict[int, ShareRec] = {}        # folder id -> share
+        self.stores: dict[int, StoreRec] = {}        # rowid -> store
+        self.open_store: Callable[[StoreRec], StateStore] | None = None
+
+    def share_by_name(self, name: bytes) -> ShareRec | None:
+        for s in self.shares.values():
+            if s.name == name:
+                return s
+        return None
+
+    def live_stores_in(self, folder_id: int):
+        return [s for s in self.stores.values() if s.folder_id == folder_id and s.status not in GONE]
+
+
+class SmpOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, catalog: Catalog):
+        super().__init__()
+        self.cat = catalog
+        self.stores: dict[int, StateStore] = {}      # rowid -> open store
+        self.lookups: dict[int, int] = {}            # global ino -> kernel lookup count
+        self.opens: dict[int, int] = {}              # global ino -> open file handles
+        self.handles: dict[int, Handle] = {}
+        self.dir_handles: dict[int, tuple[int, int]] = {}   # fh -> (global ino, uid)
+        self._next_fh = 1
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _rec(self, rowid: int) -> StoreRec:
+        rec = self.cat.stores.get(rowid)
+        if rec is None or rec.status in GONE:
+            raise _fail(errno.ENOENT)
+        return rec
+
+    def _store(self, rowid: int) -> StateStore:
+        st = self.stores.get(rowid)
+        if st is None:
+            rec = self._rec(rowid)
+            st = self.stores[rowid] = self.cat.open_store(rec)
+        return st
+
+    def _level(self, rowid: int, uid: int) -> str | None:
+        return access_mod.level(self._rec(rowid).as_row(), uid)
+
+    def _need(self, rowid: int, uid: int, write: bool = False) -> StateStore:
+        """The store, if ``uid`` may read it (or change it, with ``write``)."""
+        lvl = self._level(rowid, uid)
+        if lvl is None:
+            raise _fail(errno.EACCES)
+        if write and lvl != "rw":
+            raise _fail(errno.EROFS)
+        return self._store(rowid)
+
+    def _entry(self, rowid: int, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = join(rowid, a.ino)
+        e.generation = 0
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = TIMEOUT
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = BLOCK_SIZE
+        e.st_blocks = (a.size + 511) // 512
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        if a.ino == STORE_ROOT:
+            # the store directory shows the uid entitled to it now
+            rec = self.cat.stores[rowid]
+            owner = rec.source_uid if rec.status == "capturing" else rec.dest_uid
+            e.st_uid = e.st_gid = owner
+            e.st_mode = stat.S_IFDIR | 0o700
+        return e
+
+    def _virtual_entry(self, ino: int) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = TIMEOUT
+        e.st_mode = stat.S_IFDIR | 0o755
+        e.st_nlink = 2
+        e.st_blksize = 4096
+        return e
+
+    def _oserr(self, e: OSError):
+        if isinstance(e, pyfuse3.FUSEError):
+            return e
+        if e.errno == errno.EIO:
+            log.error("I/O error: %s", e.strerror)
+        return _fail(e.errno or errno.EIO)
+
+    def _counted(self, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        self.lookups[entry.st_ino] = self.lookups.get(entry.st_ino, 0) + 1
+        return entry
+
+    def _maybe_free(self, ino: int) -> None:
+        """Free an unlinked inode once the kernel and every handle let go of it."""
+        rowid, local = split(ino)
+        if rowid == 0 or self.lookups.get(ino) or self.opens.get(ino):
+            return
+        st = self.stores.get(rowid)
+        if st is not None and st.db is not None:
+            try:
+                st.free_if_unlinked(local)
+            except OSError as e:
+                log.warning("could not free inode %d: %s", ino, e)
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    # -- lookups and attributes --------------------------------------------------
+
+    async def lookup(self, parent, name, ctx):
+        rowid, local = split(parent)
+        if rowid == 0:
+            return self._counted(self._lookup_virtual(parent, name))
+        st = self._need(rowid, ctx.uid)
+        try:
+            ino = st.lookup(local, name)
+            if ino == STORE_ROOT and name == b"..":
+                share = self.cat.shares[self.cat.stores[rowid].folder_id]
+                return self._counted(self._virtual_entry(SHARE_BASE + share.folder_id))
+            return self._counted(self._entry(rowid, st.getattr(ino)))
+        except OSError as e:
+            raise self._oserr(e)
+
+    def _lookup_virtual(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        if name == b"." or (parent == pyfuse3.ROOT_INODE and name == b".."):
+            return self._virtual_entry(parent)
+        if parent == pyfuse3.ROOT_INODE:
+            share = self.cat.share_by_name(name)
+            if share is None:
+                raise _fail(errno.ENOENT)
+            return self._virtual_entry(SHARE_BASE + share.folder_id)
+        if name == b"..":
+            return self._virtual_entry(pyfuse3.ROOT_INODE)
+        folder_id = parent - SHARE_BASE
+        try:
+            sid = name.decode("ascii")
+        except UnicodeDecodeError:
+            raise _fail(errno.ENOENT)
+        for rec in self.cat.live_stores_in(folder_id):
+            if rec.store_id == sid:
+                return self._entry(rec.rowid, self._store(rec.rowid).getattr(STORE_ROOT))
+        raise _fail(errno.ENOENT)
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+            else:
+                self.lookups.pop(ino, None)
+                self._maybe_free(ino)
+
+    async def getattr(self, inode, ctx):
+        rowid, local = split(inode)
+        if rowid == 0:
+            return self._virtual_entry(inode)
+        try:
+            # attributes are visible to those who can see the store; the store
+            # directory itself is visible to anyone who can list the share
+            if local != STORE_ROOT:
+                return self._entry(rowid, self._need(rowid, ctx.uid).getattr(local))
+            return self._entry(rowid, self._store(rowid).getattr(local))
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        rowid, local = split(inode)
+        if rowid == 0:
+            raise _fail(errno.EPERM)
+        uid = self.handles[fh].uid if fh is not None and fh in self.handles else ctx.uid
+        st = self._need(rowid, uid, write=True)
+        if local == STORE_ROOT and (fields.update_mode or fields.update_uid or fields.update_gid):
+            raise _fail(errno.EPERM)            # the SMP owns the store directory's owner and mode
+        kw = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid and attr.st_uid != st.getattr(local).uid:
+            if ctx.uid != 0 and attr.st_uid != ctx.uid:
+                raise _fail(errno.EPERM)
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
+        try:
+            return self._entry(rowid, st.setattr(local, **kw))
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def access(self, inode, mode, ctx):
+        rowid, local = split(inode)
+        if rowid == 0:
+            return not (mode & os.W_OK)
+        try:
+            lvl = self._level(rowid, ctx.uid)
+        except pyfuse3.FUSEError:
+            return False
+        if lvl is None:
+            return False
+        return lvl == "rw" or not (mode & os.W_OK)
+
+    async def readlink(self, inode, ctx):
+        rowid, local = split(inode)
+        try:
+            return self._need(rowid, ctx.uid).readlink(local)
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        seen, total, free, avail, files, ffree = set(), 0, 0, 0, 0, 0
+        for share in self.cat.shares.values():
+            try:
+                v = os.statvfs(share.path)
+                dev = os.stat(share.path).st_dev
+            except OSError:
+                continue
+            if dev in seen:
+                continue
+            seen.add(dev)
+            total += v.f_blocks * v.f_frsize
+            free += v.f_bfree * v.f_frsize
+            avail += max(0, v.f_bavail * v.f_frsize - share.min_free())
+            files += v.f_files
+            ffree += v.f_ffree
+        bs = 4096
+        s.f_bsize = s.f_frsize = bs
+        s.f_blocks, s.f_bfree, s.f_bavail = total // bs, free // bs, avail // bs
+        s.f_files, s.f_ffree, s.f_favail = files, ffree, ffree
+        s.f_namemax = 255
+        return s
+
+    # -- directories ----------------------------------------------------------------
+
+    async def opendir(self, inode, ctx):
+        rowid, local = split(inode)
+        if rowid:
+            self._need(rowid, ctx.uid)
+        fh = self._new_fh()
+        self.dir_handles[fh] = (inode, ctx.uid)
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        inode, uid = self.dir_handles[fh]
+        rowid, local = split(inode)
+        if rowid == 0:
+            return self._readdir_virtual(inode, start_id, token)
+        try:
+            st = self._need(rowid, uid)
+            after = start_id
+            while True:
+                batch = st.readdir(local, after)
+                if not batch:
+                    return
+                for cursor, name, a in batch:
+                    entry = self._entry(rowid, a)
+                    if not pyfuse3.readdir_reply(token, name, entry, cursor):
+                        return
+                    self._counted(entry)
+                    after = cursor
+        except OSError as e:
+            raise self._oserr(e)
+
+    def _readdir_virtual(self, inode, start_id, token):
+        if inode == pyfuse3.ROOT_INODE:
+            items = [(s.folder_id, s.name, self._virtual_entry(SHARE_BASE + s.folder_id))
+                     for s in sorted(self.cat.shares.values(), key=lambda s: s.folder_id)]
+        else:
+            items = [(r.rowid, r.store_id.encode(), None)
+                     for r in sorted(self.cat.live_stores_in(inode - SHARE_BASE), key=lambda r: r.rowid)]
+        for cursor, name, entry in items:
+            if cursor <= start_id:
+                continue
+            if entry is None:
+                try:
+                    entry = self._entry(cursor, self._store(cursor).getattr(STORE_ROOT))
+                except (OSError, pyfuse3.FUSEError):
+                    continue
+            if not pyfuse3.readdir_reply(token, name, entry, cursor):
+                return
+            self._counted(entry)
+
+    async def releasedir(self, fh):
+        self.dir_handles.pop(fh, None)
+
+    async def fsyncdir(self, fh, datasync):
+        inode, _uid = self.dir_handles.get(fh, (0, 0))
+        rowid, _ = split(inode)
+        if rowid and rowid in self.stores:
+            try:
+                self.stores[rowid].sync()
+            except OSError as e:
+                raise self._oserr(e)
+
+    async def mkdir(self, parent, name, mode, ctx):
+        return await self._mknode(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
+
+    async def mknod(self, parent, name, mode, rdev, ctx):
+        return await self._mknode(parent, name, mode, ctx, rdev=rdev)
+
+    async def symlink(self, parent, name, target, ctx):
+        return await self._mknode(parent, name, stat.S_IFLNK | 0o777, ctx, target=target)
+
+    async def _mknode(self, parent, name, mode, ctx, rdev=0, target=None):
+        rowid, local = split(parent)
+        if rowid == 0:
+            raise _fail(errno.EACCES)
+        st = self._need(rowid, ctx.uid, write=True)
+        try:
+            a = st.mknode(local, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target)
+        except OSError as e:
+            raise self._oserr(e)
+        return self._counted(self._entry(rowid, a))
+
+    async def unlink(self, parent, name, ctx):
+        await self._remove(parent, name, ctx, want_dir=False)
+
+    async def rmdir(self, parent, name, ctx):
+        await self._remove(parent, name, ctx, want_dir=True)
+
+    async def _remove(self, parent, name, ctx, want_dir):
+        rowid, local = split(parent)
+        if rowid == 0:
+            raise _fail(errno.EACCES)
+        st = self._need(rowid, ctx.uid, write=True)
+        try:
+            a = st.unlink(local, name, want_dir=want_dir)
+        except OSError as e:
+            raise self._oserr(e)
+        if a.nlink == 0:
+            self._maybe_free(join(rowid, a.ino))
+
+    async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
+        r1, l1 = split(parent_old)
+        r2, l2 = split(parent_new)
+        if r1 == 0 or r2 == 0:
+            raise _fail(errno.EACCES)
+        if r1 != r2:
+            raise _fail(errno.EXDEV)
+        st = self._need(r1, ctx.uid, write=True)
+        try:
+            replaced = st.rename(l1, name_old, l2, name_new,
+                                 noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                                 exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
+        except OSError as e:
+            raise self._oserr(e)
+        if replaced is not None and replaced.nlink == 0:
+            self._maybe_free(join(r1, replaced.ino))
+
+    async def link(self, inode, new_parent, new_name, ctx):
+        r1, l1 = split(inode)
+        r2, l2 = split(new_parent)
+        if r1 == 0 or r2 == 0:
+            raise _fail(errno.EACCES if r2 == 0 else errno.EPERM)
+        if r1 != r2:
+            raise _fail(errno.EXDEV)
+        st = self._need(r1, ctx.uid, write=True)
+        try:
+            return self._counted(self._entry(r1, st.link(l1, l2, new_name)))
+        except OSError as e:
+            raise self._oserr(e)
+
+    # -- files ------------------------------------------------------------------------
+
+    def _open_handle(self, inode: int, ctx, writable: bool) -> pyfuse3.FileInfo:
+        fh = self._new_fh()
+        self.handles[fh] = Handle(inode, ctx.uid, ctx.gid, writable)
+        self.opens[inode] = self.opens.get(inode, 0) + 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def open(self, inode, flags, ctx):
+        rowid, local = split(inode)
+        if rowid == 0:
+            raise _fail(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        st = self._need(rowid, ctx.uid, write=writable)
+        try:
+            a = st.getattr(local)
+            if stat.S_ISDIR(a.mode) and writable:
+                raise _fail(errno.EISDIR)
+            if flags & os.O_TRUNC and a.size:
+                st.truncate(local, 0)
+        except OSError as e:
+            raise self._oserr(e)
+        return self._open_handle(inode, ctx, writable)
+
+    async def create(self, parent, name, mode, flags, ctx):
+        rowid, local = split(parent)
+        if rowid == 0:
+            raise _fail(errno.EACCES)
+        st = self._need(rowid, ctx.uid, write=True)
+        try:
+            a = st.mknode(local, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
+        except OSError as e:
+            raise self._oserr(e)
+        entry = self._counted(self._entry(rowid, a))
+        return self._open_handle(entry.st_ino, ctx, True), entry
+
+    def _handle_store(self, fh: int, write: bool) -> tuple[Handle, StateStore, int]:
+        h = self.handles.get(fh)
+        if h is None:
+            raise _fail(errno.EBADF)
+        rowid, local = split(h.ino)
+        rec = self.cat.stores.get(rowid)
+        if rec is None or rec.status in GONE or rowid not in self.stores and rec is None:
+            raise _fail(errno.EIO)           # the store was deleted under this handle
+        if write:
+            if not h.writable or access_mod.level(rec.as_row(), h.uid) != "rw":
+                raise _fail(errno.EROFS)
+        elif access_mod.level(rec.as_row(), h.uid) is None:
+            raise _fail(errno.EACCES)
+        return h, self._store(rowid), local
+
+    async def read(self, fh, off, size):
+        h, st, local = self._handle_store(fh, write=False)
+        try:
+            return st.read(local, off, size)
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def write(self, fh, off, buf):
+        h, st, local = self._handle_store(fh, write=True)
+        try:
+            n = st.write(local, off, buf)
+            if h.uid != 0:
+                st.clear_suid(local)
+            return n
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def flush(self, fh):
+        h = self.handles.get(fh)
+        if h is None or not h.writable:
+            return
+        rowid, local = split(h.ino)
+        st = self.stores.get(rowid)
+        if st is None or st.db is None:
+            return
+        try:
+            st.flush_inode(local)
+            st.commit()
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def fsync(self, fh, datasync):
+        h = self.handles.get(fh)
+        if h is None:
+            raise _fail(errno.EBADF)
+        rowid, local = split(h.ino)
+        st = self.stores.get(rowid)
+        if st is None or st.db is None:
+            raise _fail(errno.EIO)
+        try:
+            st.fsync(local)
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def release(self, fh):
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        left = self.opens.get(h.ino, 1) - 1
+        if left:
+            self.opens[h.ino] = left
+        else:
+            self.opens.pop(h.ino, None)
+        rowid, local = split(h.ino)
+        st = self.stores.get(rowid)
+        if st is None or st.db is None:
+            return
+        try:
+            if h.writable:
+                st.flush_inode(local)
+                st.commit()
+        except OSError as e:
+            log.error("writing back inode %d on close failed: %s", h.ino, e)
+        self._maybe_free(h.ino)
+
+    # -- extended attributes -----------------------------------------------------------
+
+    async def setxattr(self, inode, name, value, ctx):
+        rowid, local = split(inode)
+        if rowid == 0:
+            raise _fail(errno.EPERM)
+        if name.startswith((b"system.", b"security.")):
+            raise _fail(errno.EOPNOTSUPP)
+        st = self._need(rowid, ctx.uid, write=True)
+        try:
+            st.setxattr(local, name, value)
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def getxattr(self, inode, name, ctx):
+        rowid, local = split(inode)
+        if rowid == 0 or name.startswith((b"system.", b"security.")):
+            raise _fail(pyfuse3.ENOATTR)
+        st = self._need(rowid, ctx.uid)
+        try:
+            return st.getxattr(local, name)
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def listxattr(self, inode, ctx):
+        rowid, local = split(inode)
+        if rowid == 0:
+            return []
+        try:
+            return self._need(rowid, ctx.uid).listxattr(local)
+        except OSError as e:
+            raise self._oserr(e)
+
+    async def removexattr(self, inode, name, ctx):
+        rowid, local = split(inode)
+        if rowid == 0:
+            raise _fail(errno.EPERM)
+        st = self._need(rowid, ctx.uid, write=True)
+        try:
+            st.removexattr(local, name)
+        except OSError as e:
+            raise self._oserr(e)
+
+    # -- lifecycle hooks for the daemon ---------------------------------------------------
+
+    def open_inodes(self, rowid: int) -> list[int]:
+        return [ino for ino in set(self.opens) | set(self.lookups) if split(ino)[0] == rowid]
+
+    def close_store(self, rowid: int, *, abandon: bool = False) -> None:
+        st = self.stores.pop(rowid, None)
+        if st is not None:
+            if abandon:
+                st.abandon()
+            else:
+                st.close()

@@ -1,0 +1,134 @@
+"""Request State Store: capture (from this computer) and restore (to this computer).
+
+Who may call: root for any computer (naming it), any other uid only for the
+computer mapped to that uid (see :func:`computer.resolve_caller`).
+
+Decisions where ConfigMgr is undocumented:
+
+* A second capture request while the computer's capture is unreleased returns
+  the **same** store (``"existing": true``), like a retried task sequence step.
+* A capture request while the computer's previous capture still waits for its
+  restore is refused (CaptureInProgress). A restored store does not block a
+  new capture; it is kept until its own deadline.
+* A restore requested before the capture's release is refused
+  (CaptureInProgress). A restore may be requested again on a restored store
+  not yet deleted (a re-run restore); its deadline still applies.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from . import association, audit, computer
+from . import key as keymod
+from .errors import CaptureInProgress, NoStorageRoom, NotFound, RestoreOnlyMode
+from .folder import choose_folder
+
+
+def _result(smp, store: dict, comp: str, existing: bool = False, changed: bool = True) -> dict:
+    mnt = smp.mountpoint()
+    return {"computer": comp, "store_id": store["store_id"], "status": store["status"],
+            "path": str(smp.mount_path(store, mnt)) if mnt else None,
+            "unc": smp.unc(store), "existing": existing,
+            "delete_at": store.get("delete_at"),
+            "changed_stores": [store["store_id"]] if changed else []}
+
+
+@audit.audited("request_capture")
+def request_capture(smp, caller_uid: int, computer: str | None = None,
+                    retries: int = 0, retry_delay: float = 0) -> dict:
+    """Create (or return the unreleased) state store for COMPUTER's capture.
+
+    Refused: UnknownComputer, PermissionDenied, RestoreOnlyMode, CaptureInProgress
+    (previous capture not yet restored), NoStorageRoom (after ``retries`` more
+    attempts, ``retry_delay`` seconds apart; this call then blocks that long).
+    """
+    from . import statestore
+    comp = computer_mod.resolve_caller(smp, caller_uid, computer, "request capture")
+    name = comp["name"]
+    assoc = association.live_for_source(smp, name)
+    if assoc is not None:
+        for s in reversed(association.stores_of(smp, assoc["id"])):
+            if s["status"] == "capturing":
+                audit.record(smp, caller_uid, "request_capture", computer=name,
+                             store_id=s["store_id"], existing=True)
+                return _result(smp, s, name, existing=True, changed=False)
+            if s["status"] in ("captured", "restoring"):
+                raise CaptureInProgress(
+                    f"{name}'s previous capture is {s['status']} and not yet restored by {assoc['dest']}",
+                    f"restore it first (`smpfs request restore {assoc['dest']}`), "
+                    "or an admin removes the association with --force")
+    if smp.restore_only:
+        raise RestoreOnlyMode("the SMP is in restore-only mode: it takes no new captures",
+                              "restores continue; an admin turns it off with `smpfs config --restore-only off`")
+    folder = None
+    for attempt in range(int(retries) + 1):
+        folder, folders = choose_folder(smp)
+        if folder is not None:
+            break
+        if attempt < int(retries) and retry_delay:
+            time.sleep(float(retry_delay))
+    if folder is None:
+        why = "; ".join(f"{f['path']}: {', '.join(f['full_reasons'])}" for f in folders) or "no storage folders"
+        raise NoStorageRoom(f"no storage folder has room ({why})",
+                            "free space, raise --max-clients/--min-free, or add one with `smpfs folder add`")
+    if assoc is None:
+        assoc = association.associate(smp, name, name, uid=caller_uid)
+    dest = computer_mod.get(smp, assoc["dest"])
+
+    store_id = os.urandom(32).hex()
+    data_key = keymod.new_data_key()
+    wrapped = keymod.wrap(smp.master_key(), store_id, data_key)
+    now = time.time()
+    with smp.tx():   # the row commits only if the store's files were created
+        smp.conn.execute(
+            "INSERT INTO stores (store_id, association_id, folder_id, status, source_uid, dest_uid, "
+            "wrapped_key, created_at) VALUES (?,?,?,?,?,?,?,?)",
+            (store_id, assoc["id"], folder["id"], "capturing", comp["uid"], dest["uid"], wrapped, now))
+        try:
+            statestore.create_store(Path(folder["path"]), store_id,
+                                    keymod.StoreKeys.from_data_key(store_id, data_key), comp["uid"])
+        except BaseException:
+            try:   # leave no half-created store behind
+                statestore.destroy_store(Path(folder["path"]), store_id)
+            except Exception:
+                pass
+            raise
+    del data_key
+    store = smp.store(store_id)
+    audit.record(smp, caller_uid, "request_capture", computer=name, store_id=store_id,
+                 folder=folder["path"], dest=assoc["dest"], migration_type=assoc["migration_type"])
+    return _result(smp, store, name)
+
+
+def restorable(smp, dest: str) -> dict | None:
+    """The newest live store whose destination is ``dest`` (any status but deleted)."""
+    return smp.query_one(
+        "SELECT s.*, a.source, a.dest FROM stores s JOIN associations a ON a.id=s.association_id "
+        "WHERE a.dest=? AND s.status NOT IN ('deleting','deleted') ORDER BY s.id DESC LIMIT 1", (dest,))
+
+
+@audit.audited("request_restore")
+def request_restore(smp, caller_uid: int, computer: str | None = None) -> dict:
+    """Find the store whose destination is COMPUTER and mark it restoring."""
+    comp = computer_mod.resolve_caller(smp, caller_uid, computer, "request restore")
+    name = comp["name"]
+    s = restorable(smp, name)
+    if s is None:
+        raise NotFound(f"no state store is waiting for {name}",
+                       "capture on the source first, or check `smpfs association list`")
+    if s["status"] == "capturing":
+        raise CaptureInProgress(f"the capture of {s['source']} for {name} is not released yet",
+                                f"run `smpfs release capture {s['source']}` when the capture has finished")
+    with smp.tx():
+        smp.conn.execute("UPDATE stores SET status='restoring', restore_requested_at=? WHERE id=?",
+                         (time.time(), s["id"]))
+    store = smp.store(s["store_id"])
+    audit.record(smp, caller_uid, "request_restore", computer=name, store_id=s["store_id"],
+                 source=s["source"], rerun=s["status"] == "restored")
+    return _result(smp, store, name, existing=s["status"] != "captured")
+
+
+# the parameter named ``computer`` shadows the module inside the functions above
+computer_mod = computer

@@ -1,0 +1,328 @@
+"""The SMP itself: its state directory and the ``smp.db`` database.
+
+An :class:`Smp` is opened on a state directory (``--state``, ``$SMPFS_STATE``
+or ``/var/lib/smpfs``) that holds::
+
+    smp.db       settings, storage folders, computers, associations, stores,
+                 audit log (sqlite, WAL, mode 0600)
+    master.key   the key that wraps every store's data key (mode 0600)
+    store/       the default storage folder
+
+The schema is created by :data:`MIGRATIONS`; ``meta.schema_version`` says how
+far a database has been migrated. A database newer than this code is refused
+rather than half-understood.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import sqlite_utils
+
+from . import key as keymod
+from .errors import KeyFileError, NotFound, StateDirError, UsageError
+from .units import parse_free
+
+DEFAULT_STATE_DIR = "/var/lib/smpfs"
+DB_FILE = "smp.db"
+DAEMON_FILE = "daemon.json"
+
+#: Settings kept in ``meta`` and their defaults (None = computed, see :meth:`Smp.setting`).
+DEFAULTS = {"server": None, "restore_only": "0", "delete_after_s": "86400"}
+
+#: Store statuses in lifecycle order.
+LIVE_STATUSES = ("capturing", "captured", "restoring", "restored")
+GONE_STATUSES = ("deleting", "deleted")
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE folders (
+    id INTEGER PRIMARY KEY,
+    share TEXT UNIQUE NOT NULL,
+    path TEXT UNIQUE NOT NULL,
+    max_clients INTEGER NOT NULL,
+    min_free TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    removed_at REAL);
+CREATE TABLE computers (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    uid INTEGER UNIQUE NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE associations (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL COLLATE NOCASE,
+    dest TEXT NOT NULL COLLATE NOCASE,
+    migration_type TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    removed_at REAL);
+CREATE TABLE stores (
+    id INTEGER PRIMARY KEY,
+    store_id TEXT UNIQUE NOT NULL,
+    association_id INTEGER NOT NULL REFERENCES associations(id),
+    folder_id INTEGER NOT NULL REFERENCES folders(id),
+    status TEXT NOT NULL,
+    source_uid INTEGER, dest_uid INTEGER,
+    wrapped_key BLOB,
+    created_at REAL, capture_released_at REAL,
+    restore_requested_at REAL, restore_released_at REAL,
+    retention_s INTEGER,
+    delete_at REAL, deleted_at REAL, bytes_freed INTEGER);
+CREATE INDEX stores_status ON stores(status);
+CREATE INDEX stores_assoc ON stores(association_id);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL, uid INTEGER, computer TEXT, action TEXT NOT NULL,
+    store_id TEXT, outcome TEXT NOT NULL, detail TEXT);
+"""
+
+#: (version, SQL) pairs; each brings the database from version-1 to version.
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def resolve_state_dir(opt: str | os.PathLike | None = None) -> Path:
+    """``--state`` if given, else ``$SMPFS_STATE``, else ``/var/lib/smpfs``."""
+    return Path(opt or os.environ.get("SMPFS_STATE") or DEFAULT_STATE_DIR)
+
+
+def new_share_id() -> str:
+    return secrets.token_hex(4).upper()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit mode: transactions are explicit (Smp.tx), never implicit.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # Freed content (e.g. a shredded wrapped key) is overwritten with zeros.
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Smp:
+    """An opened SMP state directory. Use :meth:`init` or :meth:`open`."""
+
+    def __init__(self, state_dir: Path, conn: sqlite3.Connection):
+        self.state_dir = Path(state_dir)
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._master: bytes | None = None
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    # -- creating and opening ------------------------------------------------
+
+    @classmethod
+    def init(cls, state_dir, server: str | None = None, folder=None,
+             max_clients: int = 100, min_free: str = "500MB") -> "Smp":
+        """Create a new SMP in ``state_dir``: database, master key, one storage folder."""
+        state_dir = Path(state_dir).absolute()
+        if (state_dir / DB_FILE).exists() or (state_dir / keymod.MASTER_KEY_FILE).exists():
+            raise StateDirError(f"{state_dir} already holds an SMP",
+                                "use it as it is, or choose another --state directory")
+        parse_free(min_free)                 # validate before creating anything
+        _check_max_clients(max_clients)
+        state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o711)
+        fd = os.open(state_dir / DB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        smp = cls(state_dir, _connect(state_dir / DB_FILE))
+        smp._migrate(0)
+        keymod.create_master_key(state_dir / keymod.MASTER_KEY_FILE)
+        if server:
+            smp.set_setting("server", server)
+        from . import folder as foldermod
+        foldermod.add_folder(smp, folder or state_dir / "store",
+                             max_clients=max_clients, min_free=min_free)
+        from . import audit
+        audit.record(smp, os.geteuid(), "init", server=smp.setting("server"))
+        return smp
+
+    @classmethod
+    def open(cls, state_dir=None) -> "Smp":
+        """Open an existing SMP; :class:`StateDirError` if there is none."""
+        state_dir = resolve_state_dir(state_dir).absolute()
+        db_path = state_dir / DB_FILE
+        if not state_dir.is_dir():
+            raise StateDirError(f"state directory {state_dir} does not exist",
+                                "create an SMP with `smpfs init`, or point --state / SMPFS_STATE at one")
+        if not db_path.is_file():
+            raise StateDirError(f"{state_dir} is not an SMP state directory (no {DB_FILE})",
+                                "create one with `smpfs --state DIR init`")
+        if not os.access(db_path, os.R_OK | os.W_OK):
+            raise StateDirError(f"cannot open {db_path}: permission denied",
+                                "SMP administration needs root; other users go through the mounted SMP")
+        try:
+            conn = _connect(db_path)
+            version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise StateDirError(f"{db_path} is not a readable SMP database: {e}")
+        version = int(version[0]) if version else 0
+        if version > SCHEMA_VERSION:
+            raise StateDirError(f"{db_path} has schema version {version}; this smpfs knows up to {SCHEMA_VERSION}",
+                                "upgrade smpfs to a version that created it")
+        if version < 1:
+            raise StateDirError(f"{db_path} is not an initialised SMP database")
+        smp = cls(state_dir, conn)
+        smp._migrate(version)
+        return smp
+
+    def _migrate(self, version: int) -> None:
+        for target, sql in MIGRATIONS:
+            if target > version:
+                with self.tx():
+                    for stmt in sql.split(";"):
+                        if stmt.strip():
+                            self.conn.execute(stmt)
+                    self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                                      (str(target),))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def tx(self):
+        """One write transaction (BEGIN IMMEDIATE); nested uses join the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self._depth = 0
+                self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params=()) -> list[dict]:
+        return [dict(r) for r in self.conn.execute(sql, params)]
+
+    def query_one(self, sql: str, params=()) -> dict | None:
+        r = self.conn.execute(sql, params).fetchone()
+        return dict(r) if r else None
+
+    # -- settings --------------------------------------------------------------
+
+    def setting(self, name: str) -> str:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+        if row is not None:
+            return row[0]
+        if name == "server":
+            return socket.gethostname().split(".")[0].upper()
+        if name in DEFAULTS:
+            return DEFAULTS[name]
+        raise KeyError(name)
+
+    def set_setting(self, name: str, value) -> None:
+        with self.tx():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, str(value)))
+
+    def settings(self) -> dict:
+        return {"server": self.setting("server"),
+                "restore_only": self.restore_only,
+                "delete_after_s": self.delete_after_s}
+
+    @property
+    def restore_only(self) -> bool:
+        return self.setting("restore_only") == "1"
+
+    @property
+    def delete_after_s(self) -> int:
+        return int(self.setting("delete_after_s"))
+
+    # -- keys --------------------------------------------------------------------
+
+    def master_key(self) -> bytes:
+        if self._master is None:
+            self._master = keymod.load_master_key(self.state_dir / keymod.MASTER_KEY_FILE)
+        return self._master
+
+    def data_key(self, store_row: dict) -> bytes:
+        """The store's data key (unwrapped); refused once the store was shredded."""
+        if store_row.get("wrapped_key") is None:
+            raise KeyFileError(f"store {store_row['store_id'][:12]}… has been deleted; its key is destroyed")
+        return keymod.unwrap(self.master_key(), store_row["store_id"], store_row["wrapped_key"])
+
+    # -- stores and paths --------------------------------------------------------
+
+    def folder(self, folder_id: int) -> dict:
+        row = self.query_one("SELECT * FROM folders WHERE id=?", (folder_id,))
+        if row is None:
+            raise NotFound(f"storage folder #{folder_id} does not exist")
+        return row
+
+    def store_path(self, store_row: dict) -> Path:
+        """Where the store's encrypted files live: FOLDER/<store id>."""
+        return Path(self.folder(store_row["folder_id"])["path"]) / store_row["store_id"]
+
+    @staticmethod
+    def share_name(folder_row: dict) -> str:
+        return f"SMPSTORED_{folder_row['share']}$"
+
+    def unc(self, store_row: dict) -> str:
+        share = self.share_name(self.folder(store_row["folder_id"]))
+        return f"\\\\{self.setting('server')}\\{share}\\{store_row['store_id']}"
+
+    def mount_path(self, store_row: dict, mountpoint) -> Path:
+        share = self.share_name(self.folder(store_row["folder_id"]))
+        return Path(mountpoint) / share / store_row["store_id"]
+
+    def mountpoint(self) -> Path | None:
+        """The mountpoint named in daemon.json, if a daemon says it is running."""
+        try:
+            info = json.loads((self.state_dir / DAEMON_FILE).read_text())
+            return Path(info["mountpoint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def stores(self, include_deleted: bool = False) -> list[dict]:
+        """Store rows joined with their association's computers, oldest first.
+
+        ``include_deleted=False`` leaves out stores being or already deleted.
+        """
+        where = "" if include_deleted else "WHERE s.status NOT IN ('deleting', 'deleted')"
+        return self.query(
+            "SELECT s.*, a.source, a.dest, a.migration_type FROM stores s "
+            f"JOIN associations a ON a.id = s.association_id {where} ORDER BY s.id")
+
+    def store(self, store_id: str) -> dict:
+        row = self.query_one(
+            "SELECT s.*, a.source, a.dest, a.migration_type FROM stores s "
+            "JOIN associations a ON a.id = s.association_id WHERE s.store_id=?", (store_id,))
+        if row is None:
+            raise NotFound(f"no state store {store_id}")
+        return row
+
+
+def _check_max_clients(n) -> int:
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= 99999:
+        raise UsageError(f"invalid maximum clients {n}", "use 1..99999, as ConfigMgr does")
+    return n
+
+
+def now() -> float:
+    return time.time()
