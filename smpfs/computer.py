@@ -9,7 +9,7 @@ import re
 import time
 
 from . import audit
-from .errors import Conflict, NotFound, PermissionDenied, UnknownComputer, UsageError
+from .errors import Conflict, PermissionDenied, UnknownComputer, UsageError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 

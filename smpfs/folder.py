@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import Conflict, NotFound, UsageError
 from .smp import _check_max_clients, new_share_id
+from .statestore import tree_bytes
 from .units import format_size, parse_free
 
 
@@ -29,7 +30,9 @@ def add_folder(smp, path, max_clients: int = 100, min_free: str = "500MB") -> di
         raise UsageError(f"cannot create storage folder {path}: {path.parent} does not exist")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} exists and is not a directory")
-    path.mkdir(mode=0o711, exist_ok=True)
+    if not path.exists():
+        path.mkdir(mode=0o711)
+        os.chmod(path, 0o711)            # whatever the umask: the SMP daemon traverses it
     row = smp.query_one("SELECT * FROM folders WHERE path=?", (str(path),))
     with smp.tx():
         if row and row["removed_at"] is None:
@@ -62,17 +65,6 @@ def clients(smp, folder_id: int) -> int:
         (folder_id,)).fetchone()[0]
 
 
-def _used(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_blocks * 512
-            except OSError:
-                pass
-    return total
-
-
 def describe(smp, row: dict, used: bool = False) -> dict:
     """A folder row plus share name, clients, free space and whether it has room."""
     d = dict(row)
@@ -95,7 +87,7 @@ def describe(smp, row: dict, used: bool = False) -> dict:
     d["full_reasons"] = reasons
     d["has_room"] = not reasons
     if used:
-        d["used_bytes"] = _used(Path(row["path"])) if os.path.isdir(row["path"]) else 0
+        d["used_bytes"] = tree_bytes(Path(row["path"])) if os.path.isdir(row["path"]) else 0
     return d
 
 

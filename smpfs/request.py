@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import association, audit, computer
 from . import key as keymod
-from .errors import CaptureInProgress, NoStorageRoom, NotFound, RestoreOnlyMode
+from .errors import CaptureInProgress, Conflict, NoStorageRoom, NotFound, RestoreOnlyMode
 from .folder import choose_folder
 
 
@@ -74,7 +74,10 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
         raise NoStorageRoom(f"no storage folder has room ({why})",
                             "free space, raise --max-clients/--min-free, or add one with `smpfs folder add`")
     if assoc is None:
-        assoc = association.associate(smp, name, name, uid=caller_uid)
+        try:
+            assoc = association.associate(smp, name, name, uid=caller_uid)
+        except Conflict:              # created meanwhile by a concurrent request
+            assoc = association.live_for_source(smp, name)
     dest = computer_mod.get(smp, assoc["dest"])
 
     store_id = os.urandom(32).hex()
@@ -82,6 +85,11 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
     wrapped = keymod.wrap(smp.master_key(), store_id, data_key)
     now = time.time()
     with smp.tx():   # the row commits only if the store's files were created
+        # a concurrent request for the same computer may have won the race
+        dup = smp.query_one("SELECT * FROM stores WHERE association_id=? AND status='capturing'",
+                            (assoc["id"],))
+        if dup is not None:
+            return _result(smp, dup, name, existing=True, changed=False)
         smp.conn.execute(
             "INSERT INTO stores (store_id, association_id, folder_id, status, source_uid, dest_uid, "
             "wrapped_key, created_at) VALUES (?,?,?,?,?,?,?,?)",

@@ -7,7 +7,8 @@
   them on purpose, audited.
 * :func:`sweep` deletes every store whose ``delete_at`` has passed, and first
   finishes any deletion a crash interrupted (status ``deleting``).
-* :func:`delete_store` is crash-safe crypto-shredding:
+* :func:`delete_store` is crash-safe crypto-shredding (``smp.before_delete``,
+  if set, is called first so a daemon stops serving the store):
 
   1. one transaction: ``wrapped_key = NULL``, ``status = 'deleting'``
      (from here on the store is gone from the mount and its blocks can never
@@ -76,10 +77,12 @@ def delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     """Crypto-shred and remove one store (see module doc). Safe to re-run."""
     from . import statestore
     store_id = store_row["store_id"]
+    cur = smp.query_one("SELECT status FROM stores WHERE store_id=?", (store_id,))
+    if cur and cur["status"] == "deleted":
+        return {"store_id": store_id, "bytes_freed": 0, "reason": reason, "already": True}
+    if smp.before_delete is not None:
+        smp.before_delete(store_row)
     with smp.tx():
-        cur = smp.query_one("SELECT status FROM stores WHERE store_id=?", (store_id,))
-        if cur and cur["status"] == "deleted":
-            return {"store_id": store_id, "bytes_freed": 0, "reason": reason, "already": True}
         smp.conn.execute("UPDATE stores SET wrapped_key=NULL, status='deleting' WHERE store_id=?",
                          (store_id,))
     checkpoint = _checkpoint(smp)

@@ -21,7 +21,6 @@ import secrets
 import socket
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import sqlite_utils
@@ -118,6 +117,10 @@ class Smp:
         self._master: bytes | None = None
         self._lock = threading.RLock()
         self._depth = 0
+        #: Called with a store row just before that store is deleted (any reason:
+        #: retention, association/folder removal, retire). The daemon sets it to
+        #: stop serving the store (close it, invalidate the kernel's caches).
+        self.before_delete = None
 
     # -- creating and opening ------------------------------------------------
 
@@ -215,11 +218,13 @@ class Smp:
                 self.conn.execute("COMMIT")
 
     def query(self, sql: str, params=()) -> list[dict]:
-        return [dict(r) for r in self.conn.execute(sql, params)]
+        with self._lock:          # one connection may be shared by the daemon's threads
+            return [dict(r) for r in self.conn.execute(sql, params)]
 
     def query_one(self, sql: str, params=()) -> dict | None:
-        r = self.conn.execute(sql, params).fetchone()
-        return dict(r) if r else None
+        with self._lock:
+            r = self.conn.execute(sql, params).fetchone()
+            return dict(r) if r else None
 
     # -- settings --------------------------------------------------------------
 
@@ -322,7 +327,3 @@ def _check_max_clients(n) -> int:
     if not 1 <= n <= 99999:
         raise UsageError(f"invalid maximum clients {n}", "use 1..99999, as ConfigMgr does")
     return n
-
-
-def now() -> float:
-    return time.time()

@@ -1,1 +1,350 @@
-"""pytest plugin and helpers for integration tests against a mounted SMP (see docs/testing.md)."""
+"""Integration-test helpers: a real, mounted SMP in a temporary directory.
+
+Installing smpfs registers this module as a pytest plugin (entry point
+``pytest11``), which gives tests the ``smp`` fixture::
+
+    def test_capture_and_restore(smp):
+        old, new = smp.add_computer(), smp.add_computer()
+        smp.associate(old, new)
+        store = smp.request_capture(old)             # as old's uid, like a task sequence
+        smp.as_uid(old, lambda: open(f"{store}/USMT.MIG", "wb").write(b"x"))
+        smp.release_capture(old)
+        assert smp.as_uid(new, lambda: open(f"{store}/USMT.MIG", "rb").read()) == b"x"
+
+For unittest or scripts: ``with smpfs.testing.mounted() as smp: ...``.
+Everything is torn down (unmounted, daemon stopped, files removed) even
+when the test fails; on failure pytest shows the SMP's audit log.
+
+Code runs as a computer's uid by forking and dropping privileges without
+exec (``as_uid``), so it needs no interpreter reachable by that uid; shell
+tools run as the uid with :meth:`TestSmp.run`. Needs root and /dev/fuse.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Computer", "TestSmp", "mounted", "as_uid", "SkipNoFuse"]
+
+_uids = itertools.count(int(os.environ.get("SMPFS_TEST_UID_BASE", "61000")) + (os.getpid() % 500) * 40)
+
+
+class SkipNoFuse(Exception):
+    """Raised (and turned into a pytest skip) when mounting cannot work here."""
+
+
+@dataclass(frozen=True)
+class Computer:
+    name: str
+    uid: int
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def as_uid(uid: int, fn, *args, gid: int | None = None, timeout: float = 300, **kwargs):
+    """Run ``fn(*args, **kwargs)`` in a forked child as ``uid``; return its result.
+
+    Exceptions in the child are re-raised here (an ``OSError`` keeps its errno)."""
+    gid = uid if gid is None else gid
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                     # the child
+        os.close(r)
+        code = 0
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            try:
+                payload = ("ok", fn(*args, **kwargs))
+            except BaseException as e:               # noqa: BLE001 - shipped to the parent
+                payload = ("err", e, traceback.format_exc())
+            try:
+                data = pickle.dumps(payload)
+            except Exception as e:                   # unpicklable result or exception
+                data = pickle.dumps(("err", RuntimeError(f"{type(e).__name__}: {e}"), ""))
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"child running as uid {uid} died (status {status})")
+    payload = pickle.loads(data)
+    if payload[0] == "ok":
+        return payload[1]
+    exc = payload[1]
+    if isinstance(exc, BaseException) and payload[2]:
+        exc.add_note(f"(raised as uid {uid}):\n{payload[2]}")
+    raise exc
+
+
+def _traversable_tmpdir(prefix: str) -> Path:
+    base = Path(os.environ.get("SMPFS_TEST_TMP", tempfile.gettempdir()))
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    os.chmod(d, 0o711)
+    return d
+
+
+class TestSmp:
+    """A mounted SMP for tests. Build with :func:`mounted` or the ``smp`` fixture."""
+
+    __test__ = False   # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, root: Path, *, min_free: str = "1MB", max_clients: int = 1000,
+                 folder: Path | None = None):
+        self.root = root
+        self.state = root / "state"
+        self.mountpoint = root / "mnt"
+        self.folder = folder
+        self.min_free = min_free
+        self.max_clients = max_clients
+        self.clock_offset = 0.0
+
+    # -- setting up and tearing down ----------------------------------------------
+
+    def init(self) -> "TestSmp":
+        args = ["init", "--min-free", self.min_free, "--max-clients", str(self.max_clients),
+                "--server", "SMPTEST"]
+        if self.folder:
+            args += ["--folder", str(self.folder)]
+        self.cli(*args)
+        return self
+
+    def mount(self) -> "TestSmp":
+        self.mountpoint.mkdir(exist_ok=True)
+        os.chmod(self.mountpoint, 0o755)
+        self.cli("mount", str(self.mountpoint))
+        return self
+
+    def umount(self) -> None:
+        self.cli("umount", str(self.mountpoint))
+
+    @property
+    def mounted(self) -> bool:
+        return os.path.ismount(self.mountpoint)
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return int(json.loads((self.state / "daemon.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the daemon (SIGKILL by default) and clear the dead mount."""
+        pid = self.daemon_pid()
+        if pid:
+            os.kill(pid, sig)
+            _wait_gone(pid)
+        if sig == signal.SIGKILL:
+            subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
+            # a killed daemon leaves its daemon.json and socket behind
+            for name in ("daemon.json", "control.sock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.state / name)
+
+    def remount(self) -> None:
+        if self.mounted:
+            self.umount()
+        self.mount()
+
+    def teardown(self) -> None:
+        pid = self.daemon_pid()
+        if self.mounted:
+            r = subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
+            if r.returncode:
+                subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
+        if pid:
+            if not _wait_gone(pid, 30):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, 5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- the CLI -------------------------------------------------------------------
+
+    def cli(self, *args, uid: int | Computer | None = None, check: bool = True):
+        """Run ``smpfs --state STATE ARGS`` in-process (forked as ``uid`` if given).
+
+        Returns a :class:`CliResult`; with ``check`` a non-zero exit raises."""
+        res = _run_cli(["--state", str(self.state), *map(str, args)], _uid(uid))
+        if check and res.code != 0:
+            raise CliFailed(res)
+        return res
+
+    def audit_log(self) -> str:
+        try:
+            return self.cli("log", check=False).out
+        except Exception as e:  # noqa: BLE001
+            return f"(audit log unavailable: {e})"
+
+    # -- computers and the lifecycle ---------------------------------------------------
+
+    def add_computer(self, name: str | None = None, uid: int | None = None) -> Computer:
+        uid = uid if uid is not None else next(_uids)
+        name = name or f"PC{uid}"
+        self.cli("computer", "add", name, "--uid", uid)
+        return Computer(name, uid)
+
+    def associate(self, source: Computer, dest: Computer) -> None:
+        self.cli("associate", source.name, dest.name)
+
+    def request_capture(self, computer: Computer, *args) -> Path:
+        """Request State Store (capture) as the computer itself; returns the store path."""
+        return Path(self.cli("request", "capture", *args, uid=computer).out.strip())
+
+    def release_capture(self, computer: Computer) -> None:
+        self.cli("release", "capture", uid=computer)
+
+    def request_restore(self, computer: Computer) -> Path:
+        return Path(self.cli("request", "restore", uid=computer).out.strip())
+
+    def release_restore(self, computer: Computer) -> None:
+        self.cli("release", "restore", uid=computer)
+
+    def advance(self, duration: str) -> list:
+        """Move the SMP's retention clock forward and sweep as if it were then."""
+        from .units import parse_duration
+        self.clock_offset += parse_duration(duration)
+        at = time.time() + self.clock_offset
+        import datetime as dt
+        out = self.cli("retention", "run", "--at", dt.datetime.fromtimestamp(at).isoformat(), "--json").out
+        return json.loads(out).get("deleted", [])
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").out)
+
+    # -- running things as a computer --------------------------------------------------------
+
+    def as_uid(self, who: int | Computer, fn, *args, **kwargs):
+        return as_uid(_uid(who), fn, *args, **kwargs)
+
+    def run(self, cmd, who: int | Computer | None = None, check: bool = True, **kw):
+        """Run a command (list or shell string) as ``who``; returns CompletedProcess."""
+        uid = _uid(who)
+        extra = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
+        return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, capture_output=True,
+                              text=True, **extra, **kw)
+
+
+def _uid(who) -> int | None:
+    return who.uid if isinstance(who, Computer) else who
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+class CliFailed(AssertionError):
+    def __init__(self, res: CliResult):
+        super().__init__(f"smpfs exited {res.code}: {res.err.strip() or res.out.strip()}")
+        self.result = res
+
+
+def _run_cli(argv: list[str], uid: int | None) -> CliResult:
+    def go():
+        from click.testing import CliRunner
+        from .cli import main
+        r = CliRunner().invoke(main, argv, catch_exceptions=True)
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            err = "".join(traceback.format_exception(r.exception))
+            return CliResult(1, r.stdout, r.stderr + err)
+        return CliResult(r.exit_code, r.stdout, r.stderr)
+    if uid is None:
+        if argv[2:3] == ["mount"]:
+            # the daemon must outlive this process: use the real executable
+            r = subprocess.run([sys.executable, "-m", "smpfs", *argv], capture_output=True, text=True)
+            return CliResult(r.returncode, r.stdout, r.stderr)
+        return go()
+    return as_uid(uid, go)
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def fuse_available() -> str | None:
+    """None if mounting can work here, else why not."""
+    if os.geteuid() != 0:
+        return "smpfs tests mount filesystems as other uids: run them as root"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if not shutil.which("fusermount3"):
+        return "fusermount3 is missing (apt-get install fuse3)"
+    return None
+
+
+@contextlib.contextmanager
+def mounted(*, min_free: str = "1MB", max_clients: int = 1000, folder: Path | None = None):
+    """An initialised, mounted SMP in a temporary directory; always torn down."""
+    why = fuse_available()
+    if why:
+        raise SkipNoFuse(why)
+    smp = TestSmp(_traversable_tmpdir("smpfs-test-"), min_free=min_free, max_clients=max_clients,
+                  folder=folder)
+    try:
+        smp.init()
+        smp.mount()
+        yield smp
+    finally:
+        smp.teardown()
+
+
+# -- the pytest plugin -------------------------------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - plain unittest users
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture
+    def smp(request):
+        """A fresh mounted SMP (root needed); unmounted and removed after the test."""
+        try:
+            with mounted() as s:
+                request.node._smpfs = s
+                yield s
+        except SkipNoFuse as e:
+            pytest.skip(str(e))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(item, call):
+        outcome = yield
+        rep = outcome.get_result()
+        s = getattr(item, "_smpfs", None)
+        if s is not None and rep.failed and call.when == "call":
+            rep.sections.append(("smpfs audit log", s.audit_log()))
+            try:
+                rep.sections.append(("smpfs daemon log", (s.state / "smpfs.log").read_text()[-5000:]))
+            except OSError:
+                pass

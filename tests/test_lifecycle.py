@@ -499,3 +499,39 @@ def test_status_is_complete(smp):
 ])
 def test_access_table(status, src, dst, uid, expected):
     assert access.level({"status": status, "source_uid": src, "dest_uid": dst}, uid) == expected
+
+
+def test_before_delete_hook_sees_every_deletion(smp):
+    seen = []
+    smp.before_delete = lambda row: seen.append((row["store_id"], row["status"]))
+    side_by_side(smp)
+    a = _restored(smp)
+    call(smp, 0, "retention_run", at="+2d")
+    b = call(smp, OTHER, "request_capture")["store_id"]
+    call(smp, 0, "association_remove", source="PC-OTHER", dest="PC-OTHER", force=True)
+    assert seen == [(a, "restored"), (b, "capturing")]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_concurrent_capture_requests_get_one_store(smp, in_place):
+    import threading
+    if not in_place:
+        side_by_side(smp)
+    results, errors = [], []
+
+    def worker():
+        s = Smp.open(smp.state_dir)
+        try:
+            results.append(api.dispatch(s, OLD, "request_capture", {})["store_id"])
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            s.close()
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1
+    assert smp.query_one("SELECT COUNT(*) AS n FROM stores")["n"] == 1
+    assert len(os.listdir(smp.state_dir / "store")) == 1
