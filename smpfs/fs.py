@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pyfuse3
+import trio
 
 from . import access as access_mod
 from .chunk import BLOCK_SIZE
@@ -101,6 +102,59 @@ class Catalog:
         return [s for s in self.stores.values() if s.folder_id == folder_id and s.status not in GONE]
 
 
+class Writeback:
+    """Seals and writes full blocks in worker threads while the loop takes the
+    next request (the kernel serialises writes to one file, so this is where a
+    sequential writer's pipelining comes from). At most ``max_inflight`` blocks
+    wait; a writer past that waits for room."""
+
+    def __init__(self, threads: int = 2, max_inflight: int = 8):
+        self.limiter = trio.CapacityLimiter(threads)
+        self.lot = trio.lowlevel.ParkingLot()
+        self.max_inflight = max_inflight
+        self.count = 0
+        self.nursery = None            # set by the daemon; None = write inline
+
+    def attach(self, st: StateStore) -> None:
+        if self.nursery is not None:
+            st.submit = lambda job: self._submit(st, job)
+
+    def _submit(self, st: StateStore, job) -> None:
+        self.count += 1
+        self.nursery.start_soon(self._run, st, job)
+
+    async def _run(self, st: StateStore, job) -> None:
+        err = None
+        try:
+            await trio.to_thread.run_sync(job.run, limiter=self.limiter)
+        except OSError as e:
+            err = e
+        except trio.Cancelled:
+            err = OSError(errno.EIO, "write-back cancelled")
+            raise
+        except Exception as e:              # a bug must not take the mount down
+            log.exception("sealing a block failed")
+            err = OSError(errno.EIO, str(e))
+        finally:
+            self.count -= 1
+            try:
+                st.finish_block(job, err)
+            except Exception:
+                log.exception("recording a written block failed")
+            self.lot.unpark_all()
+
+    async def wait_room(self) -> None:
+        while self.count > self.max_inflight:
+            await self.lot.park()
+
+    async def drain(self, st: StateStore, ino: int | None = None) -> None:
+        while st.inflight(ino):
+            await self.lot.park()
+
+
+THREAD_READ = 64 << 10         # reads decrypting this much or more go to a worker thread
+
+
 class SmpOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -115,6 +169,8 @@ class SmpOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, tuple[int, int]] = {}   # fh -> (global ino, uid)
         self._next_fh = 1
+        self.wb = Writeback()
+        self.read_limiter = trio.CapacityLimiter(4)     # disk reads overlap; decryption releases the GIL
 
     # -- helpers ------------------------------------------------------------------
 
@@ -129,6 +185,7 @@ class SmpOperations(pyfuse3.Operations):
         if st is None:
             rec = self._rec(rowid)
             st = self.stores[rowid] = self.cat.open_store(rec)
+            self.wb.attach(st)
         return st
 
     def _level(self, rowid: int, uid: int) -> str | None:
@@ -283,6 +340,8 @@ class SmpOperations(pyfuse3.Operations):
             kw["gid"] = attr.st_gid
         if fields.update_size:
             kw["size"] = attr.st_size
+            st.flush_inode(local)
+            await self.wb.drain(st, local)
         if fields.update_atime:
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
@@ -486,6 +545,8 @@ class SmpOperations(pyfuse3.Operations):
             if stat.S_ISDIR(a.mode) and writable:
                 raise _fail(errno.EISDIR)
             if flags & os.O_TRUNC and a.size:
+                st.flush_inode(local)
+                await self.wb.drain(st, local)
                 st.truncate(local, 0)
         except OSError as e:
             raise self._oserr(e)
@@ -521,19 +582,31 @@ class SmpOperations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         h, st, local = self._handle_store(fh, write=False)
         try:
-            return st.read(local, off, size)
+            parts = st.read_plan(local, off, size)
         except OSError as e:
             raise self._oserr(e)
+        try:
+            big = sum(p.n for p in parts if not isinstance(p, (bytes, bytearray))) >= THREAD_READ
+            if big:
+                return await trio.to_thread.run_sync(st.fetch, parts, limiter=self.read_limiter)
+            return st.fetch(parts)
+        except OSError as e:
+            raise self._oserr(e)
+        finally:
+            st.unpin(parts)
 
     async def write(self, fh, off, buf):
         h, st, local = self._handle_store(fh, write=True)
         try:
+            if local in st._errors:              # an earlier write-back failed: say so now
+                raise st._errors[local]
             n = st.write(local, off, buf)
             if h.uid != 0:
                 st.clear_suid(local)
-            return n
         except OSError as e:
             raise self._oserr(e)
+        await self.wb.wait_room()
+        return n
 
     async def flush(self, fh):
         h = self.handles.get(fh)
@@ -545,6 +618,8 @@ class SmpOperations(pyfuse3.Operations):
             return
         try:
             st.flush_inode(local)
+            await self.wb.drain(st, local)
+            st.take_error(local)
             st.commit()
         except OSError as e:
             raise self._oserr(e)
@@ -558,6 +633,8 @@ class SmpOperations(pyfuse3.Operations):
         if st is None or st.db is None:
             raise _fail(errno.EIO)
         try:
+            st.flush_inode(local)
+            await self.wb.drain(st, local)
             st.fsync(local)
         except OSError as e:
             raise self._oserr(e)
@@ -578,6 +655,7 @@ class SmpOperations(pyfuse3.Operations):
         try:
             if h.writable:
                 st.flush_inode(local)
+                await self.wb.drain(st, local)
                 st.commit()
         except OSError as e:
             log.error("writing back inode %d on close failed: %s", h.ino, e)
@@ -631,9 +709,15 @@ class SmpOperations(pyfuse3.Operations):
     def open_inodes(self, rowid: int) -> list[int]:
         return [ino for ino in set(self.opens) | set(self.lookups) if split(ino)[0] == rowid]
 
+    async def drain_all(self) -> None:
+        for st in list(self.stores.values()):
+            st.flush_all()
+            await self.wb.drain(st)
+
     def close_store(self, rowid: int, *, abandon: bool = False) -> None:
         st = self.stores.pop(rowid, None)
         if st is not None:
+            st.submit = None
             if abandon:
                 st.abandon()
             else:

@@ -199,6 +199,30 @@ class _Dirty:
         self.data = data
 
 
+class BlockJob:
+    """One block on its way to disk: sealed and written by :meth:`run` (any
+    thread: pure crypto and file I/O), then recorded by
+    :meth:`StateStore.finish_block` (the store's thread)."""
+    __slots__ = ("store", "ino", "blkno", "counter", "data")
+
+    def __init__(self, store, ino, blkno, counter, data):
+        self.store, self.ino, self.blkno, self.counter, self.data = store, ino, blkno, counter, data
+
+    def run(self) -> None:
+        st = self.store
+        sealed = chunk.encrypt_block(st.keys.content, st.sid, self.ino, self.blkno, self.counter, self.data)
+        write_block_file(st._block_path(self.counter), sealed)
+
+
+class ReadPart:
+    """A piece of a read served from a stored block: see :meth:`StateStore.fetch`."""
+    __slots__ = ("ino", "blkno", "counter", "length", "first", "last", "start", "n")
+
+    def __init__(self, ino, blkno, counter, length, first, last, start, n):
+        self.ino, self.blkno, self.counter, self.length = ino, blkno, counter, length
+        self.first, self.last, self.start, self.n = first, last, start, n
+
+
 class StateStore:
     """An open state store. Not thread-safe: use it from one thread (the
     daemon's trio thread); block crypto and I/O are pure functions that can
@@ -223,6 +247,12 @@ class StateStore:
         self._unsynced_all: set[int] = set()           # counters written since the last durable point
         self._superseded: list[int] = []               # block files to unlink after a durable commit
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._inflight: dict[tuple[int, int], BlockJob] = {}   # blocks being sealed elsewhere
+        self._errors: dict[int, OSError] = {}          # ino -> a write-back error to report
+        self._pins: dict[int, int] = {}                # counters a read in flight still needs
+        #: ``submit(job)`` hands a BlockJob to a worker and later calls
+        #: ``finish_block(job, error)``; None = do it inline (tools, tests, fsck).
+        self.submit = None
         hwm = int(self._meta("counter_hwm"))
         self._counter = hwm                            # never reuse anything at or under hwm
         self._counter_limit = hwm
@@ -279,13 +309,16 @@ class StateStore:
             os.close(fd)
 
     def _drop_superseded(self) -> None:
+        pinned = [c for c in self._superseded if c in self._pins]
         for ctr in self._superseded:
+            if ctr in self._pins:
+                continue
             self._forget_fd(ctr)
             try:
                 os.unlink(self._block_path(ctr))
             except FileNotFoundError:
                 pass
-        self._superseded.clear()
+        self._superseded = pinned
 
     def close(self) -> None:
         """Everything durable, then close. The store can be destroyed after."""
@@ -678,34 +711,82 @@ class StateStore:
         except chunk.BlockAuthError as e:
             raise _err(errno.EIO, str(e))
 
-    def read(self, ino: int, off: int, size: int) -> bytes:
+    def read_plan(self, ino: int, off: int, size: int) -> list:
+        """What a read needs: bytes already in memory, or ReadParts to fetch.
+        Counters of the parts are pinned until :meth:`unpin`."""
         fsize = self.getattr(ino).size
         if off >= fsize or size <= 0:
-            return b""
+            return []
         size = min(size, fsize - off)
-        out = bytearray()
+        parts: list = []
         pos, end = off, off + size
         while pos < end:
             blkno, boff = divmod(pos, BLOCK_SIZE)
             n = min(end - pos, BLOCK_SIZE - boff)
-            d = self._dirty.get((ino, blkno))
-            if d is not None:
-                piece = bytes(d.data[boff:boff + n])
+            key = (ino, blkno)
+            mem = self._dirty.get(key) or self._inflight.get(key)
+            if mem is not None:
+                piece = bytes(mem.data[boff:boff + n])
+                parts.append(piece + bytes(n - len(piece)) if len(piece) < n else piece)
             else:
                 row = self._block_row(ino, blkno)
-                if row is None:
-                    piece = b""
+                if row is None or boff >= row[1]:
+                    parts.append(bytes(n))               # a hole, or past the block's stored end
                 else:
                     first = boff // chunk.CHUNK_SIZE
-                    last = (boff + n - 1) // chunk.CHUNK_SIZE
-                    plain = self._load_block(ino, blkno, row, first, last)
-                    s = boff - first * chunk.CHUNK_SIZE
-                    piece = plain[s:s + n]
-            out += piece
-            if len(piece) < n:                       # a hole, or past the block's stored end
-                out += bytes(n - len(piece))
+                    last = (min(boff + n, row[1]) - 1) // chunk.CHUNK_SIZE
+                    parts.append(ReadPart(ino, blkno, row[0], row[1], first, last,
+                                          boff - first * chunk.CHUNK_SIZE, n))
+                    self._pins[row[0]] = self._pins.get(row[0], 0) + 1
             pos += n
-        return bytes(out)
+        return parts
+
+    def fetch(self, parts: list) -> bytes:
+        """Read and decrypt a plan's parts. Thread-safe: touches no sqlite."""
+        out = []
+        for p in parts:
+            if not isinstance(p, ReadPart):
+                out.append(p)
+                continue
+            start = chunk.chunk_offset(p.first)
+            end = chunk.chunk_offset(p.last) + min(chunk.CHUNK_SIZE, p.length - p.last * chunk.CHUNK_SIZE) \
+                + chunk.TAG_SIZE
+            try:
+                fd = os.open(self._block_path(p.counter), os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                raise _err(errno.EIO, f"block file {p.counter:016x} is missing")
+            try:
+                if p.first == 0 and p.length > end:
+                    # a reader at the start of a block will want the rest of it:
+                    # start reading the whole block file from disk now
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                raw = os.pread(fd, end - start, start)
+            finally:
+                os.close(fd)
+            try:
+                plain = chunk.decrypt_chunks(self.keys.content, self.sid, p.ino, p.blkno, p.counter,
+                                             p.length, p.first, raw)
+            except chunk.BlockAuthError as e:
+                raise _err(errno.EIO, str(e))
+            piece = plain[p.start:p.start + p.n]
+            out.append(piece if len(piece) == p.n else piece + bytes(p.n - len(piece)))
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def unpin(self, parts: list) -> None:
+        for p in parts:
+            if isinstance(p, ReadPart):
+                left = self._pins[p.counter] - 1
+                if left:
+                    self._pins[p.counter] = left
+                else:
+                    del self._pins[p.counter]
+
+    def read(self, ino: int, off: int, size: int) -> bytes:
+        parts = self.read_plan(ino, off, size)
+        try:
+            return self.fetch(parts)
+        finally:
+            self.unpin(parts)
 
     def _check_space(self, nbytes: int) -> None:
         st = os.statvfs(self.path)
@@ -721,6 +802,10 @@ class StateStore:
         self._check_space(n + chunk.TAG_SIZE * (n // chunk.CHUNK_SIZE + 1))
         mv = memoryview(data)
         pos, end = off, off + n
+        self._w()
+        now = time.time_ns()                         # a write changes mtime and ctime (POSIX)
+        self.db.execute("UPDATE inodes SET size=max(size, ?), mtime_ns=?, ctime_ns=? WHERE ino=?",
+                        (end, now, now, ino))
         while pos < end:
             blkno, boff = divmod(pos, BLOCK_SIZE)
             k = min(end - pos, BLOCK_SIZE - boff)
@@ -731,8 +816,12 @@ class StateStore:
                 self._store_block(ino, blkno, piece)          # a whole block: straight out
             else:
                 if d is None:
-                    row = self._block_row(ino, blkno)
-                    base = bytearray(self._load_block(ino, blkno, row)) if row else bytearray()
+                    job = self._inflight.get(key)
+                    if job is not None:
+                        base = bytearray(job.data)
+                    else:
+                        row = self._block_row(ino, blkno)
+                        base = bytearray(self._load_block(ino, blkno, row)) if row else bytearray()
                     d = self._dirty[key] = _Dirty(base)
                     self._dirty_bytes += len(base)
                 before = len(d.data)
@@ -743,8 +832,6 @@ class StateStore:
                 if boff + k == BLOCK_SIZE:                    # the writer reached the block's end
                     self._flush_block(key)
             pos += k
-        self._w()
-        self.db.execute("UPDATE inodes SET size=max(size, ?) WHERE ino=?", (end, ino))
         while self._dirty_bytes > DIRTY_MAX:
             self._flush_block(next(iter(self._dirty)))
         return n
@@ -760,18 +847,63 @@ class StateStore:
             raise
 
     def _store_block(self, ino: int, blkno: int, data) -> None:
-        """Seal and write one block to a new file, then point the block map at it."""
-        counter = self._next_counter()
-        sealed = chunk.encrypt_block(self.keys.content, self.sid, ino, blkno, counter, data)
-        write_block_file(self._block_path(counter), sealed)
+        """Seal and write one block to a new file, then point the block map at it
+        (through ``submit`` when a worker pool is attached)."""
+        job = BlockJob(self, ino, blkno, self._next_counter(), data)
+        if self.submit is None:
+            try:
+                job.run()
+            except OSError as e:
+                self.finish_block(job, e)
+                raise
+            self.finish_block(job, None)
+            return
+        self._inflight[(ino, blkno)] = job
+        self.submit(job)
+
+    def finish_block(self, job: BlockJob, error: OSError | None) -> None:
+        """Record a written block in the block map (or keep its data dirty on error)."""
+        key = (job.ino, job.blkno)
+        if self._inflight.get(key) is job:
+            del self._inflight[key]
+        if self.db is None:
+            return                                   # the store was closed or destroyed meanwhile
+        row = self.db.execute("SELECT size FROM inodes WHERE ino=?", (job.ino,)).fetchone()
+        stale = row is None or job.blkno * BLOCK_SIZE >= row[0]
+        if error is not None:
+            try:
+                os.unlink(self._block_path(job.counter))
+            except OSError:
+                pass
+            if not stale and key not in self._dirty and key not in self._inflight:
+                data = bytearray(job.data)           # keep it: nothing written is lost
+                self._dirty[key] = _Dirty(data)
+                self._dirty_bytes += len(data)
+            self._errors[job.ino] = error if isinstance(error, OSError) else _err(errno.EIO, str(error))
+            return
+        old = self._block_row(job.ino, job.blkno)
+        if stale or (old is not None and old[0] > job.counter):
+            self._superseded.append(job.counter)     # a newer version (or no file) won
+            return
         self._w()
-        old = self._block_row(ino, blkno)
-        self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", (ino, blkno, counter, len(data)))
+        self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)",
+                        (job.ino, job.blkno, job.counter, len(job.data)))
         if old is not None:
             self._superseded.append(old[0])
-        self._unsynced.setdefault(ino, set()).add(counter)
-        self._unsynced_all.add(counter)
+        self._unsynced.setdefault(job.ino, set()).add(job.counter)
+        self._unsynced_all.add(job.counter)
         self.blocks_written += 1
+
+    def inflight(self, ino: int | None = None) -> bool:
+        if ino is None:
+            return bool(self._inflight)
+        return any(k[0] == ino for k in self._inflight)
+
+    def take_error(self, ino: int) -> None:
+        """Raise (once) the write-back error of an inode, as close()/fsync() must."""
+        e = self._errors.pop(ino, None)
+        if e is not None:
+            raise e
 
     def flush_inode(self, ino: int) -> None:
         """Write this inode's dirty blocks (a close() or before an fsync)."""
@@ -785,6 +917,9 @@ class StateStore:
     def fsync(self, ino: int) -> None:
         """Return only when the inode's data and the metadata to read it back are durable."""
         self.flush_inode(ino)
+        if self.inflight(ino):
+            raise RuntimeError("fsync with blocks in flight: drain them first")
+        self.take_error(ino)
         counters = self._unsynced.pop(ino, set())
         if len(counters) > 8:
             self._syncfs()
@@ -806,6 +941,8 @@ class StateStore:
 
     def truncate(self, ino: int, size: int) -> None:
         self._writable()
+        if self.inflight(ino):
+            raise RuntimeError("truncate with blocks in flight: drain them first")
         a = self.getattr(ino)
         if size < a.size:
             keep_blocks = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
