@@ -183,7 +183,6 @@ class Daemon:
             if os.geteuid() == 0:
                 opts.add("allow_other")
             pyfuse3.init(self.ops, str(self.mountpoint), opts)
-            _set_readahead(self.mountpoint)
         except SmpError as e:
             self._tell_parent(f"ERROR {e.exit_code} {e}")
             raise
@@ -313,6 +312,7 @@ class Daemon:
             nursery.start_soon(self._signals)
             nursery.start_soon(self._commit_timer)
             nursery.start_soon(self._retention_timer)
+            nursery.start_soon(self._after_init)
             self._tell_parent("READY")
             await pyfuse3.main()
             await self.ops.drain_all()
@@ -320,6 +320,11 @@ class Daemon:
             for st in self.ops.stores.values():
                 st.submit = None
             nursery.cancel_scope.cancel()
+
+    async def _after_init(self) -> None:
+        # the kernel sets read-ahead when it gets the INIT reply: raise it after that
+        await trio.sleep(0.3)
+        await trio.to_thread.run_sync(_set_readahead, self.mountpoint)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -401,6 +406,7 @@ def _set_readahead(mountpoint: Path, kb: int = READAHEAD_KB) -> None:
     """Let the kernel read ahead 4 MiB (it defaults to 128 KiB for FUSE): reads
     then arrive as 1 MiB requests, one per block. Found through mountinfo, since a
     stat() of the mount would wait for the loop that is not running yet."""
+    dev = None
     try:
         for line in open("/proc/self/mountinfo"):
             f = line.split()
@@ -408,7 +414,8 @@ def _set_readahead(mountpoint: Path, kb: int = READAHEAD_KB) -> None:
                 dev = f[2]
         with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as fh:
             fh.write(str(kb))
-    except (OSError, UnboundLocalError, IndexError) as e:
+        log.info("read-ahead of %s (bdi %s) set to %d KiB", mountpoint, dev, kb)
+    except (OSError, IndexError) as e:
         log.info("could not raise read-ahead for %s: %s", mountpoint, e)
 
 

@@ -66,6 +66,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -340,9 +341,11 @@ def _stale_mount(path: Path) -> bool:
     """A mount whose daemon died answers ENOTCONN and ismount() says False."""
     try:
         with open("/proc/self/mounts") as f:
-            return any(line.split()[1] == str(path) for line in f)
+            points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                             line.split()[1]) for line in f]
     except OSError:
         return False
+    return str(path) in points
 
 
 class Target:
@@ -422,6 +425,11 @@ class GocryptfsTarget(Target):
         self.root = mnt / "bench"
         self.root.mkdir(mode=0o755)
         os.chown(self.root, self.user.uid, self.user.gid)
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise StepError(f"gocryptfs exited with status {self.proc.returncode}")
+        super().check_alive()
 
     def teardown(self) -> None:
         if self.mountpoint is not None:
@@ -636,6 +644,20 @@ class Bench:
     def rm_rf(self, path: Path) -> None:
         self.user.run(["rm", "-rf", "--", str(path)])
 
+    @contextlib.contextmanager
+    def cleanup(self, path: Path, keep: bool = False):
+        """Remove a case's files afterwards (untimed), also when it failed."""
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if not (keep and ok):
+                try:
+                    self.rm_rf(path)
+                except (StepError, OSError, subprocess.TimeoutExpired) as e:
+                    log(f"  warning: could not remove {path}: {e}")
+
     def report(self, case: str, rep: int, target: Target, key: str, value: float) -> None:
         self.results.add(key, target.name, value)
         unit = METRIC_BY_KEY[key].unit
@@ -647,6 +669,14 @@ class Bench:
     def case_seq(self, t: Target, rep: int) -> None:
         s = self.sizes
         path = t.root / f"seq-{rep}.dat"
+        keep = rep == self.repeat - 1 and "iops" in self.args.cases
+        with self.cleanup(path, keep):
+            self._seq(t, rep, path)
+        if keep:
+            self.iops_files[t.name] = path          # case 4 reuses the last one
+
+    def _seq(self, t: Target, rep: int, path: Path) -> None:
+        s = self.sizes
         count = s.seq_bytes // MiB
         backing0 = du_bytes(t.backing)
         self.caches.sync()
@@ -664,14 +694,14 @@ class Bench:
             secs, _ = self.user.run(["dd", f"if={path}", "of=/dev/null", "bs=1M",
                                      "status=none"])
         self.report("seq", rep, t, "seq.read", s.seq_bytes / MiB / secs)
-        if rep == self.repeat - 1 and "iops" in self.args.cases:
-            self.iops_files[t.name] = path          # case 4 reuses the last one
-        else:
-            self.rm_rf(path)
 
     def case_small(self, t: Target, rep: int) -> None:
-        s = self.sizes
         root = t.root / f"small-{rep}"
+        with self.cleanup(root):
+            self._small(t, rep, root)
+
+    def _small(self, t: Target, rep: int, root: Path) -> None:
+        s = self.sizes
         self.caches.sync()
         with self.phase(t, "small create", s.small_files * s.small_size):
             r = self.user.worker_step("small-create", root, s.small_files, s.small_dirs,
@@ -711,8 +741,12 @@ class Bench:
                         pass
 
     def case_usmt(self, t: Target, rep: int) -> None:
-        s = self.sizes
         root = t.root / f"usmt-{rep}"
+        with self.cleanup(root):
+            self._usmt(t, rep, root)
+
+    def _usmt(self, t: Target, rep: int, root: Path) -> None:
+        s = self.sizes
         total = s.mig_bytes + self.profile["bytes"]
         self.user.run(["mkdir", "-p", str(root / "USMT")])
         self.warm_profile()
@@ -733,7 +767,6 @@ class Bench:
             raise StepError(f"{t.name}: tar produced {out.strip()} bytes, "
                             f"expected at least {total}")
         self.report("usmt", rep, t, "usmt.out", total / MiB / secs)
-        self.rm_rf(root)
 
     def case_iops(self, t: Target, rep: int) -> None:
         s = self.sizes
@@ -798,7 +831,7 @@ class Bench:
             if t.daemon_pid:
                 hwm = proc_rss_kib(t.daemon_pid, "VmHWM")
                 if hwm is not None:
-                    self.monitor.peaks[t.name]["VmHWM at end"] = hwm
+                    self.monitor.peaks[t.name]["VmHWM at end (incl. start-up)"] = hwm
         self.monitor.stop()
 
 
@@ -913,7 +946,7 @@ def render(bench: Bench, machine: dict, sizes: Sizes, elapsed: float) -> str:
                      "(utime+stime, s per GiB moved)")
         lines.append(f"{'':<32} " + " ".join(f"{d:>12}" for d in daemons))
         phases = ["seq write", "seq read", "usmt in", "usmt out", "small create",
-                  "small read", "iops", "VmHWM at end"]
+                  "small read", "iops", "VmHWM at end (incl. start-up)"]
         for ph in phases:
             row = [bench.monitor.peaks[d].get(ph) for d in daemons]
             if any(v is not None for v in row):
@@ -1023,9 +1056,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "Run as root.",
         epilog="Example: sudo .venv/bin/python tools/bench.py --quick --json /tmp/bench.json")
     p.add_argument("--dir", type=Path,
-                   help="work directory on the disk to test (default: a new temporary "
-                        "directory under /var/tmp, removed afterwards). With --dir the "
-                        "generated profile tree is kept and reused by later runs.")
+                   help="directory on the disk to test; the tool works in DIR/smpfs-bench "
+                        "and keeps the generated profile tree there for later runs "
+                        "(default: a new temporary directory under /var/tmp, removed "
+                        "afterwards)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes and 1 repeat: finishes in about a minute")
     p.add_argument("--repeat", type=int,
