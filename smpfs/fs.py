@@ -155,6 +155,28 @@ class Writeback:
 THREAD_READ = 64 << 10         # reads decrypting this much or more go to a worker thread
 
 
+def _guarded(fn):
+    """A handler that raises anything but FUSEError would end pyfuse3.main()
+    and take the whole mount down: turn such bugs into EIO for that request."""
+    import functools
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO)
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            if fn.__name__ == "forget":
+                return None
+            raise pyfuse3.FUSEError(errno.EIO)
+    return wrapper
+
+
 class SmpOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -544,7 +566,7 @@ class SmpOperations(pyfuse3.Operations):
             a = st.getattr(local)
             if stat.S_ISDIR(a.mode) and writable:
                 raise _fail(errno.EISDIR)
-            if flags & os.O_TRUNC and a.size:
+            if flags & os.O_TRUNC:          # POSIX: marks mtime even if the file is empty
                 st.flush_inode(local)
                 await self.wb.drain(st, local)
                 st.truncate(local, 0)
@@ -722,3 +744,9 @@ class SmpOperations(pyfuse3.Operations):
                 st.abandon()
             else:
                 st.close()
+
+
+for _name, _fn in list(vars(SmpOperations).items()):
+    if not _name.startswith("_") and hasattr(pyfuse3.Operations, _name) and \
+            callable(_fn) and getattr(_fn, "__code__", None) and _fn.__code__.co_flags & 0x80:
+        setattr(SmpOperations, _name, _guarded(_fn))

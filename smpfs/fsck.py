@@ -59,11 +59,11 @@ def check_store(st: StateStore, repair: bool = True) -> dict:
         found["past_eof_blocks"].append((ino, blkno))
         if repair:
             st._superseded.extend(r[0] for r in db.execute(
-                "SELECT counter FROM blocks WHERE ino=? AND blkno=?", (ino, blkno)))
+                "SELECT counter FROM blocks WHERE ino=? AND blkno=? AND data IS NULL", (ino, blkno)))
             db.execute("DELETE FROM blocks WHERE ino=? AND blkno=?", (ino, blkno))
     st.commit()
     # block files vs the block map
-    referenced = {r[0] for r in db.execute("SELECT counter FROM blocks")}
+    referenced = {r[0] for r in db.execute("SELECT counter FROM blocks WHERE data IS NULL")}
     pending = set(st._superseded)
     on_disk = set()
     bdir = st.path / "b"

@@ -49,6 +49,7 @@ NAME_MAX = 255
 COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
 DIRTY_MAX = 64 << 20               # plaintext bytes buffered before the oldest block is written
 FD_CACHE = 64                      # open block files kept for reading
+INLINE_MAX = 16 << 10              # blocks this small are sealed into store.db, not a file of their own
 _XATTR_VALUE = b"xv"
 _XATTR_NAME = b"xn"
 _LINK_TARGET = b"lt"
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS xattrs (
 CREATE TABLE IF NOT EXISTS blocks (
     ino INTEGER NOT NULL, blkno INTEGER NOT NULL,
     counter INTEGER NOT NULL, length INTEGER NOT NULL,
+    data BLOB,                      -- sealed block kept inline (small blocks), else NULL: in b/
     PRIMARY KEY (ino, blkno)) WITHOUT ROWID;
 """
 
@@ -240,6 +242,9 @@ class StateStore:
         version = int(self._meta("format_version"))
         if version > FORMAT_VERSION:
             raise _err(errno.EPROTO, f"store format {version} is newer than this smpfs ({FORMAT_VERSION})")
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(blocks)")}
+        if "data" not in cols:                       # stores made before inline blocks
+            self.db.execute("ALTER TABLE blocks ADD COLUMN data BLOB")
         self._in_txn = False
         self._dirty: OrderedDict[tuple[int, int], _Dirty] = OrderedDict()
         self._dirty_bytes = 0
@@ -621,7 +626,7 @@ class StateStore:
         for key in [k for k in self._dirty if k[0] == ino]:
             self._dirty_bytes -= len(self._dirty.pop(key).data)
         self._superseded.extend(r[0] for r in self.db.execute(
-            "SELECT counter FROM blocks WHERE ino=?", (ino,)))
+            "SELECT counter FROM blocks WHERE ino=? AND data IS NULL", (ino,)))
         self.db.execute("DELETE FROM blocks WHERE ino=?", (ino,))
         self.db.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
@@ -673,7 +678,7 @@ class StateStore:
         return f"{self.path}/b/{counter & 0xFF:02x}/{counter:016x}"
 
     def _block_row(self, ino: int, blkno: int):
-        return self.db.execute("SELECT counter, length FROM blocks WHERE ino=? AND blkno=?",
+        return self.db.execute("SELECT counter, length, data FROM blocks WHERE ino=? AND blkno=?",
                                (ino, blkno)).fetchone()
 
     def _fd(self, counter: int) -> int:
@@ -697,7 +702,14 @@ class StateStore:
 
     def _load_block(self, ino: int, blkno: int, row, first: int = 0, last: int | None = None) -> bytes:
         """Decrypt chunks [first, last] of a stored block."""
-        counter, length = row
+        counter, length, inline = row
+        if inline is not None:
+            try:
+                plain = chunk.decrypt_chunks(self.keys.content, self.sid, ino, blkno, counter, length, 0, inline)
+            except chunk.BlockAuthError as e:
+                raise _err(errno.EIO, str(e))
+            return plain[first * chunk.CHUNK_SIZE:(last + 1) * chunk.CHUNK_SIZE] if last is not None \
+                else plain[first * chunk.CHUNK_SIZE:]
         n = chunk.nchunks(length)
         if last is None or last >= n:
             last = n - 1
@@ -732,6 +744,9 @@ class StateStore:
                 row = self._block_row(ino, blkno)
                 if row is None or boff >= row[1]:
                     parts.append(bytes(n))               # a hole, or past the block's stored end
+                elif row[2] is not None:                 # small and inline: decrypt right here
+                    piece = self._load_block(ino, blkno, row)[boff:boff + n]
+                    parts.append(piece + bytes(n - len(piece)) if len(piece) < n else piece)
                 else:
                     first = boff // chunk.CHUNK_SIZE
                     last = (min(boff + n, row[1]) - 1) // chunk.CHUNK_SIZE
@@ -850,6 +865,10 @@ class StateStore:
         """Seal and write one block to a new file, then point the block map at it
         (through ``submit`` when a worker pool is attached)."""
         job = BlockJob(self, ino, blkno, self._next_counter(), data)
+        if len(data) <= INLINE_MAX:
+            sealed = chunk.encrypt_block(self.keys.content, self.sid, ino, blkno, job.counter, data)
+            self._record_block(job, sealed)
+            return
         if self.submit is None:
             try:
                 job.run()
@@ -881,17 +900,26 @@ class StateStore:
                 self._dirty_bytes += len(data)
             self._errors[job.ino] = error if isinstance(error, OSError) else _err(errno.EIO, str(error))
             return
+        if stale:
+            self._superseded.append(job.counter)     # the file shrank or went meanwhile
+            return
+        self._record_block(job, None)
+
+    def _record_block(self, job: BlockJob, inline: bytes | None) -> None:
+        """Point the block map at a new version: ``inline`` ciphertext, or the job's file."""
         old = self._block_row(job.ino, job.blkno)
-        if stale or (old is not None and old[0] > job.counter):
-            self._superseded.append(job.counter)     # a newer version (or no file) won
+        if old is not None and old[0] > job.counter:  # a newer version won the race
+            if inline is None:
+                self._superseded.append(job.counter)
             return
         self._w()
-        self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)",
-                        (job.ino, job.blkno, job.counter, len(job.data)))
-        if old is not None:
+        self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
+                        (job.ino, job.blkno, job.counter, len(job.data), inline))
+        if old is not None and old[2] is None:
             self._superseded.append(old[0])
-        self._unsynced.setdefault(job.ino, set()).add(job.counter)
-        self._unsynced_all.add(job.counter)
+        if inline is None:
+            self._unsynced.setdefault(job.ino, set()).add(job.counter)
+            self._unsynced_all.add(job.counter)
         self.blocks_written += 1
 
     def inflight(self, ino: int | None = None) -> bool:
@@ -950,7 +978,7 @@ class StateStore:
                 self._dirty_bytes -= len(self._dirty.pop(key).data)
             self._w()
             self._superseded.extend(r[0] for r in self.db.execute(
-                "SELECT counter FROM blocks WHERE ino=? AND blkno>=?", (ino, keep_blocks)))
+                "SELECT counter FROM blocks WHERE ino=? AND blkno>=? AND data IS NULL", (ino, keep_blocks)))
             self.db.execute("DELETE FROM blocks WHERE ino=? AND blkno>=?", (ino, keep_blocks))
             tail = size % BLOCK_SIZE
             if tail:
