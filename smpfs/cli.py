@@ -703,16 +703,29 @@ def recover(key_text, store_path, outdir, as_json):
     """
     from . import recover as recover_mod
     from .smp import resolve_state_dir
-    stats = recover_mod.recover(key_text, store_path, outdir)
-    # audited when the SMP that owned the store is still here
+    from . import audit
+    store_id = os.path.basename(os.path.normpath(store_path))
+
+    def audited(write):
+        # audited when the SMP that owned the store is still here (refused attempts too)
+        try:
+            smp = Smp.open(resolve_state_dir(click.get_current_context().find_object(Ctx).state))
+        except Exception:
+            return
+        try:
+            write(smp)
+        except Exception:
+            pass
+        finally:
+            smp.close()
+
     try:
-        smp = Smp.open(resolve_state_dir(click.get_current_context().find_object(Ctx).state))
-        from . import audit
-        audit.record(smp, os.geteuid(), "recover", store_id=os.path.basename(os.path.normpath(store_path)),
-                     files=stats["files"], errors=len(stats["errors"]))
-        smp.close()
-    except Exception:
-        pass
+        stats = recover_mod.recover(key_text, store_path, outdir)
+    except SmpError as e:
+        audited(lambda smp: audit.record_failure(smp, os.geteuid(), "recover", e, store_id=store_id))
+        raise
+    audited(lambda smp: audit.record(smp, os.geteuid(), "recover", store_id=store_id,
+                                     files=stats["files"], errors=len(stats["errors"])))
     if want_json(as_json):
         return emit_json(stats)
     for e in stats["errors"]:

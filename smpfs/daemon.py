@@ -247,9 +247,10 @@ class Daemon:
             shares[f["id"]] = ShareRec(f["id"], f["share"], path, _min_free_fn(spec, path))
         old = dict(self.catalog.stores)
         stores = {}
-        for s in self.smp.query("SELECT id, store_id, folder_id, status, source_uid, dest_uid FROM stores"):
+        for s in self.smp.query("SELECT id, store_id, folder_id, status, source_uid, dest_uid, created_at"
+                                " FROM stores"):
             stores[s["id"]] = StoreRec(s["id"], s["store_id"], s["folder_id"], s["status"],
-                                       s["source_uid"], s["dest_uid"])
+                                       s["source_uid"], s["dest_uid"], int((s["created_at"] or 0) * 1e9))
         self.catalog.shares = shares
         self.catalog.stores = stores
         if self.ops is None:
@@ -282,7 +283,10 @@ class Daemon:
             if rec.status != "capturing" and not st.read_only:
                 st.sync()                     # everything captured is durable before it is frozen
             st.read_only = rec.status != "capturing"
-        self._invalidate([join(rec.rowid, STORE_ROOT)], attr_only=True)
+        # who may see what changed: drop every cached attribute and page of the
+        # store (no dirty pages: no writeback cache), so the next stat() or read()
+        # of anything in it asks us, and the access table, again
+        self._invalidate(set(self.ops.open_inodes(rec.rowid)) | {join(rec.rowid, STORE_ROOT)})
 
     def _invalidate(self, inodes, attr_only=False, entry=None) -> None:
         """Drop kernel caches from a worker thread (never inside a handler)."""

@@ -47,6 +47,7 @@ class StoreRec:
     status: str
     source_uid: int
     dest_uid: int
+    created_ns: int = 0
 
     def as_row(self) -> dict:
         return {"status": self.status, "source_uid": self.source_uid, "dest_uid": self.dest_uid}
@@ -247,6 +248,19 @@ class SmpOperations(pyfuse3.Operations):
             e.st_mode = stat.S_IFDIR | 0o700
         return e
 
+    def _store_root_entry(self, rec: StoreRec, uid: int) -> pyfuse3.EntryAttributes:
+        """The store directory as the share shows it. Its real attributes (times
+        set by rsync/tar) are read only for the uid entitled to the store, so
+        listing a share opens no store and unwraps no key."""
+        if access_mod.level(rec.as_row(), uid) is not None:
+            return self._entry(rec.rowid, self._store(rec.rowid).getattr(STORE_ROOT))
+        e = self._virtual_entry(join(rec.rowid, STORE_ROOT))
+        owner = rec.source_uid if rec.status == "capturing" else rec.dest_uid
+        e.st_uid = e.st_gid = owner
+        e.st_mode = stat.S_IFDIR | 0o700
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = rec.created_ns
+        return e
+
     def _virtual_entry(self, ino: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
@@ -290,7 +304,7 @@ class SmpOperations(pyfuse3.Operations):
     async def lookup(self, parent, name, ctx):
         rowid, local = split(parent)
         if rowid == 0:
-            return self._counted(self._lookup_virtual(parent, name))
+            return self._counted(self._lookup_virtual(parent, name, ctx.uid))
         st = self._need(rowid, ctx.uid)
         try:
             ino = st.lookup(local, name)
@@ -301,7 +315,7 @@ class SmpOperations(pyfuse3.Operations):
         except OSError as e:
             raise self._oserr(e)
 
-    def _lookup_virtual(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+    def _lookup_virtual(self, parent: int, name: bytes, uid: int) -> pyfuse3.EntryAttributes:
         if name == b"." or (parent == pyfuse3.ROOT_INODE and name == b".."):
             return self._virtual_entry(parent)
         if parent == pyfuse3.ROOT_INODE:
@@ -318,7 +332,7 @@ class SmpOperations(pyfuse3.Operations):
             raise _fail(errno.ENOENT)
         for rec in self.cat.live_stores_in(folder_id):
             if rec.store_id == sid:
-                return self._entry(rec.rowid, self._store(rec.rowid).getattr(STORE_ROOT))
+                return self._store_root_entry(rec, uid)
         raise _fail(errno.ENOENT)
 
     async def forget(self, inode_list):
@@ -339,7 +353,7 @@ class SmpOperations(pyfuse3.Operations):
             # directory itself is visible to anyone who can list the share
             if local != STORE_ROOT:
                 return self._entry(rowid, self._need(rowid, ctx.uid).getattr(local))
-            return self._entry(rowid, self._store(rowid).getattr(local))
+            return self._store_root_entry(self._rec(rowid), ctx.uid)
         except OSError as e:
             raise self._oserr(e)
 
@@ -432,7 +446,7 @@ class SmpOperations(pyfuse3.Operations):
         inode, uid = self.dir_handles[fh]
         rowid, local = split(inode)
         if rowid == 0:
-            return self._readdir_virtual(inode, start_id, token)
+            return self._readdir_virtual(inode, uid, start_id, token)
         try:
             st = self._need(rowid, uid)
             after = start_id
@@ -449,7 +463,7 @@ class SmpOperations(pyfuse3.Operations):
         except OSError as e:
             raise self._oserr(e)
 
-    def _readdir_virtual(self, inode, start_id, token):
+    def _readdir_virtual(self, inode, uid, start_id, token):
         if inode == pyfuse3.ROOT_INODE:
             items = [(s.folder_id, s.name, self._virtual_entry(SHARE_BASE + s.folder_id))
                      for s in sorted(self.cat.shares.values(), key=lambda s: s.folder_id)]
@@ -461,8 +475,8 @@ class SmpOperations(pyfuse3.Operations):
                 continue
             if entry is None:
                 try:
-                    entry = self._entry(cursor, self._store(cursor).getattr(STORE_ROOT))
-                except (OSError, pyfuse3.FUSEError):
+                    entry = self._store_root_entry(self.cat.stores[cursor], uid)
+                except (OSError, pyfuse3.FUSEError, KeyError):
                     continue
             if not pyfuse3.readdir_reply(token, name, entry, cursor):
                 return
@@ -592,7 +606,7 @@ class SmpOperations(pyfuse3.Operations):
             raise _fail(errno.EBADF)
         rowid, local = split(h.ino)
         rec = self.cat.stores.get(rowid)
-        if rec is None or rec.status in GONE or rowid not in self.stores and rec is None:
+        if rec is None or rec.status in GONE:
             raise _fail(errno.EIO)           # the store was deleted under this handle
         if write:
             if not h.writable or access_mod.level(rec.as_row(), h.uid) != "rw":

@@ -288,8 +288,18 @@ def _wait_gone(pid: int, timeout: float = 10) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
+        if _zombie(pid):    # exited; its reaper (init: the daemon is double-forked) may take a while
+            return True
         time.sleep(0.02)
     return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def fuse_available() -> str | None:
