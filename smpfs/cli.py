@@ -758,3 +758,17 @@ def store_create(uid, computer, unc, as_json):
     if name.upper() not in known:
         run("computer_add", name=name, uid=uid)
     _print_store_path(run("request_capture", computer=name), unc, as_json)
+
+
+@main.command("log-level")
+@click.argument("level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def log_level(level):
+    """Change the running daemon's log level, no remount needed (root).
+
+    \b
+    Example:
+      smpfs log-level debug
+    """
+    from . import control
+    r = control.call(click.get_current_context().find_object(Ctx).state, "log_level", {"level": level})
+    click.echo(f"log level: {r['level']}")

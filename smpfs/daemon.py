@@ -165,8 +165,11 @@ class Daemon:
         h = logging.handlers.RotatingFileHandler(self.state_dir / LOG_FILE, maxBytes=10 << 20, backupCount=3)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(h)
-        if sys.stderr.isatty():
-            root.addHandler(logging.StreamHandler())
+        if sys.stderr.isatty() or os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+            # a terminal, or systemd's journal (which adds its own timestamps)
+            h2 = logging.StreamHandler()
+            h2.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            root.addHandler(h2)
 
     def run(self) -> None:
         try:
@@ -318,6 +321,7 @@ class Daemon:
             nursery.start_soon(self._retention_timer)
             nursery.start_soon(self._after_init)
             self._tell_parent("READY")
+            _sd_notify("READY=1\nSTATUS=serving " + str(self.mountpoint))
             await pyfuse3.main()
             await self.ops.drain_all()
             self.ops.wb.nursery = None
@@ -334,6 +338,7 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for sig in sigs:
                 log.info("signal %s: unmounting", signal.Signals(sig).name)
+                _sd_notify("STOPPING=1")
                 pyfuse3.terminate()
                 return
 
@@ -386,6 +391,16 @@ class Daemon:
     async def _command(self, uid: int, cmd: str, args: dict) -> dict:
         if cmd == "ping":
             return {"pid": os.getpid(), "mountpoint": str(self.mountpoint)}
+        if cmd == "log_level":
+            if uid != 0:
+                raise PermissionDenied("changing the log level is for the SMP admin (root)")
+            level = str(args.get("level", "")).upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                from .errors import UsageError
+                raise UsageError(f"unknown log level {args.get('level')!r}", "use debug, info, warning or error")
+            logging.getLogger("smpfs").setLevel(level)
+            log.warning("log level set to %s", level)
+            return {"level": level.lower()}
         if cmd == "request_capture" and int(args.get("retries") or 0) > 0:
             # retries sleep: run them on a private connection in a worker thread
             def work():
@@ -401,6 +416,22 @@ class Daemon:
         self.wake_retention.set()
         return result
 
+
+
+def _sd_notify(msg: str) -> None:
+    """Tell systemd (Type=notify) how we are doing; a no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    import socket
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(msg.encode())
+    except OSError as e:
+        log.warning("could not notify systemd: %s", e)
 
 
 READAHEAD_KB = 4096

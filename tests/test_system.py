@@ -1,0 +1,84 @@
+"""mount(8)/fstab helper and systemd integration (Type=notify, SIGTERM)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from smpfs import mounthelper
+from smpfs.errors import UsageError
+from smpfs.testing import TestSmp, _traversable_tmpdir, fuse_available
+
+pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))
+HELPER = Path(sys.executable).parent / "mount.fuse.smpfs"
+
+
+@pytest.fixture
+def unmounted():
+    smp = TestSmp(_traversable_tmpdir("smpfs-sys-"))
+    smp.init()
+    smp.mountpoint.mkdir()
+    try:
+        yield smp
+    finally:
+        smp.teardown()
+
+
+def test_mount_helper_parses_fstab_options():
+    assert mounthelper.parse(["/var/lib/smpfs", "/srv/smp", "-o", "rw,_netdev,noauto,debug"]) == \
+        ("/var/lib/smpfs", "/srv/smp", {"debug": True})
+    with pytest.raises(UsageError, match="unknown smpfs mount option"):
+        mounthelper.parse(["/s", "/m", "-o", "bogus"])
+    with pytest.raises(UsageError):
+        mounthelper.parse(["/s"])
+
+
+def test_mount_helper_mounts_like_mount8_would(unmounted):
+    smp = unmounted
+    r = subprocess.run([str(HELPER), str(smp.state), str(smp.mountpoint), "-o", "rw,defaults,_netdev"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert smp.mounted
+    fstype = [l.split()[2] for l in open("/proc/mounts") if l.split()[1] == str(smp.mountpoint)]
+    assert fstype == ["fuse.smpfs"]
+    smp.umount()
+    assert not smp.mounted
+    r = subprocess.run([str(HELPER), str(smp.state), str(smp.mountpoint), "-o", "nosuchopt"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "nosuchopt" in r.stderr
+
+
+def test_systemd_notify_and_clean_stop_on_sigterm(unmounted):
+    smp = unmounted
+    sock_path = smp.root / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), INVOCATION_ID="test")
+    proc = subprocess.Popen([sys.executable, "-m", "smpfs", "--state", str(smp.state), "mount",
+                             "--foreground", str(smp.mountpoint)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert b"READY=1" in sock.recv(4096)
+        assert smp.mounted
+        # a store with data written, then SIGTERM as systemd's stop would send
+        comp = smp.add_computer()
+        store = smp.request_capture(comp)
+        smp.as_uid(comp, lambda: open(f"{store}/f", "wb").write(b"kept" * 1000))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert b"STOPPING=1" in sock.recv(4096)
+        assert not smp.mounted
+        out = proc.stdout.read().decode()
+        assert "unmounted" in out            # logged to stderr, i.e. the journal
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    smp.mount()
+    assert smp.as_uid(comp, lambda: open(f"{store}/f", "rb").read()) == b"kept" * 1000
+    smp.umount()
