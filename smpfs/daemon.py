@@ -39,6 +39,7 @@ from .units import parse_free
 log = logging.getLogger("smpfs.daemon")
 
 COMMIT_EVERY = 1.0
+IDLE_CLOSE = 300.0          # a store unused this long is closed and its key dropped
 SYNC_EVERY = 5.0
 LOG_FILE = "smpfs.log"
 
@@ -357,6 +358,7 @@ class Daemon:
                     log.exception("periodic commit of %s failed", st.path.name[:12])
             if durable:
                 last_sync = time.monotonic()
+                self.ops.close_idle(IDLE_CLOSE)
 
     async def _retention_timer(self) -> None:
         while True:

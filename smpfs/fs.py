@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -193,6 +194,7 @@ class SmpOperations(pyfuse3.Operations):
         self.dir_handles: dict[int, tuple[int, int]] = {}   # fh -> (global ino, uid)
         self._next_fh = 1
         self.wb = Writeback()
+        self.last_used: dict[int, float] = {}
         self.read_limiter = trio.CapacityLimiter(4)     # disk reads overlap; decryption releases the GIL
 
     # -- helpers ------------------------------------------------------------------
@@ -209,6 +211,7 @@ class SmpOperations(pyfuse3.Operations):
             rec = self._rec(rowid)
             st = self.stores[rowid] = self.cat.open_store(rec)
             self.wb.attach(st)
+        self.last_used[rowid] = time.monotonic()
         return st
 
     def _level(self, rowid: int, uid: int) -> str | None:
@@ -750,8 +753,22 @@ class SmpOperations(pyfuse3.Operations):
             st.flush_all()
             await self.wb.drain(st)
 
+    def close_idle(self, max_idle: float) -> None:
+        """Close stores nobody used for ``max_idle`` seconds and nobody holds
+        open: their keys leave memory, their databases are checkpointed."""
+        busy = {ino >> SHIFT for ino in self.opens}
+        now = time.monotonic()
+        for rowid, st in list(self.stores.items()):
+            if rowid in busy or st.inflight() or now - self.last_used.get(rowid, now) < max_idle:
+                continue
+            try:
+                self.close_store(rowid)
+            except Exception:
+                log.exception("closing idle store %d failed", rowid)
+
     def close_store(self, rowid: int, *, abandon: bool = False) -> None:
         st = self.stores.pop(rowid, None)
+        self.last_used.pop(rowid, None)
         if st is not None:
             st.submit = None
             if abandon:

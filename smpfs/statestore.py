@@ -4,6 +4,7 @@ A state store is a directory in a storage folder::
 
     FOLDER/<store id>/store.json     format version and id (no secrets)
     FOLDER/<store id>/store.db       sqlite: inodes, directory entries, xattrs, block map
+    FOLDER/<store id>/counter        nonce counter high-water mark (fsynced before use)
     FOLDER/<store id>/b/<xx>/<ctr>   encrypted blocks (see chunk.py)
 
 Everything a user wrote is encrypted: file content in the block files, file
@@ -258,7 +259,7 @@ class StateStore:
         #: ``submit(job)`` hands a BlockJob to a worker and later calls
         #: ``finish_block(job, error)``; None = do it inline (tools, tests, fsck).
         self.submit = None
-        hwm = int(self._meta("counter_hwm"))
+        hwm = max(int(self._meta("counter_hwm")), read_counter_file(self.path))
         self._counter = hwm                            # never reuse anything at or under hwm
         self._counter_limit = hwm
         self._wal_fd = None
@@ -364,10 +365,10 @@ class StateStore:
     def _next_counter(self) -> int:
         if self._counter >= self._counter_limit:
             # Reserve a range and make the reservation durable *before* using it.
+            # It lives in its own small file, not in the batch transaction, so
+            # reserving never commits a half-done operation.
             limit = self._counter + COUNTER_RESERVE
-            self.commit()
-            self.db.execute("UPDATE meta SET value=? WHERE key='counter_hwm'", (str(limit),))
-            self._durable_commit()
+            write_counter_file(self.path, limit)
             self._counter_limit = limit
         self._counter += 1
         return self._counter
@@ -1028,6 +1029,31 @@ def write_block_file(path: str, data: bytes) -> None:
         os.unlink(path)
         raise
     os.close(fd)
+
+
+COUNTER_FILE = "counter"
+
+
+def read_counter_file(path: Path) -> int:
+    try:
+        return int((Path(path) / COUNTER_FILE).read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError:
+        raise _err(errno.EIO, f"{path}/{COUNTER_FILE} is damaged: refusing to risk reusing a nonce")
+
+
+def write_counter_file(path: Path, value: int) -> None:
+    """Durably record the counter high-water mark (write, fsync, rename, fsync dir)."""
+    tmp = Path(path) / (COUNTER_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{value}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, Path(path) / COUNTER_FILE)
+    _fsync_dir(Path(path))
 
 
 def _syncfs(fd: int) -> None:
