@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS dentries (
     parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
     UNIQUE (parent, name));
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries (ino);
+CREATE INDEX IF NOT EXISTS dentries_cursor ON dentries (parent, id);
 CREATE TABLE IF NOT EXISTS xattrs (
     ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (ino, name)) WITHOUT ROWID;
@@ -246,6 +247,7 @@ class StateStore:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(blocks)")}
         if "data" not in cols:                       # stores made before inline blocks
             self.db.execute("ALTER TABLE blocks ADD COLUMN data BLOB")
+        self.db.execute("CREATE INDEX IF NOT EXISTS dentries_cursor ON dentries (parent, id)")
         self._in_txn = False
         self._dirty: OrderedDict[tuple[int, int], _Dirty] = OrderedDict()
         self._dirty_bytes = 0
