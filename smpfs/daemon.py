@@ -236,9 +236,11 @@ class Daemon:
             report = fsck.check_smp(self.smp, repair=True)
             for line in report.get("findings", []):
                 log.warning("fsck: %s", line)
-        # deletions a crash interrupted are finished before anything is served
-        if self.smp.query_one("SELECT 1 AS x FROM stores WHERE status='deleting'"):
-            retention.sweep(self.smp, now=0)
+        # deletions a crash interrupted, and stores that expired while nothing
+        # was mounted, are deleted before anything is served
+        done = retention.sweep(self.smp)
+        if done:
+            log.info("deleted %d store(s) whose retention ended while unmounted", len(done))
 
     # -- the catalog ---------------------------------------------------------------
 
@@ -369,13 +371,25 @@ class Daemon:
             self.wake_retention = trio.Event()
             deadline = retention.next_deadline(self.smp)
             if deadline is not None and deadline <= time.time():
-                self._sweep()
+                try:
+                    await self._in_worker(retention.sweep)
+                except Exception:
+                    log.exception("retention sweep failed")
+                finally:
+                    self.refresh()
 
-    def _sweep(self) -> list[dict]:
-        try:
-            return retention.sweep(self.smp)
-        finally:
-            self.refresh()
+    async def _in_worker(self, fn, *args):
+        """Run a lifecycle function in a worker thread on its own connection, so
+        retries that sleep and deletions that remove many files never stall the
+        filesystem. Its before_delete hook hops back to this thread."""
+        def work():
+            smp = Smp.open(self.state_dir)
+            smp.before_delete = lambda row: trio.from_thread.run_sync(self._before_delete, row)
+            try:
+                return fn(smp, *args)
+            finally:
+                smp.close()
+        return await trio.to_thread.run_sync(work)
 
     def _before_delete(self, row: dict) -> None:
         """Called by retention just before a store's key and files go: stop
@@ -403,17 +417,7 @@ class Daemon:
             logging.getLogger("smpfs").setLevel(level)
             log.warning("log level set to %s", level)
             return {"level": level.lower()}
-        if cmd == "request_capture" and int(args.get("retries") or 0) > 0:
-            # retries sleep: run them on a private connection in a worker thread
-            def work():
-                smp = Smp.open(self.state_dir)
-                try:
-                    return api.dispatch(smp, uid, cmd, args)
-                finally:
-                    smp.close()
-            result = await trio.to_thread.run_sync(work)
-        else:
-            result = api.dispatch(self.smp, uid, cmd, args)
+        result = await self._in_worker(api.dispatch, uid, cmd, args)
         self.refresh(result.get("changed_stores"))
         self.wake_retention.set()
         return result

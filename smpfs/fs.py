@@ -201,8 +201,10 @@ class SmpOperations(pyfuse3.Operations):
 
     def _rec(self, rowid: int) -> StoreRec:
         rec = self.cat.stores.get(rowid)
-        if rec is None or rec.status in GONE:
+        if rec is None:
             raise _fail(errno.ENOENT)
+        if rec.status in GONE:
+            raise _fail(errno.ESTALE)    # what an inode of a deleted store now is, to open handles too
         return rec
 
     def _store(self, rowid: int) -> StateStore:
