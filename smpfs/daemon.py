@@ -273,7 +273,11 @@ class Daemon:
         if row is None or folder is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         keys = StoreKeys.from_data_key(rec.store_id, self.smp.data_key(row))
-        st = StateStore(Path(folder.path) / rec.store_id, keys, min_free_bytes=folder.min_free)
+        def on_reserve(limit: int, rowid=rec.rowid) -> None:
+            with self.smp.tx():
+                self.smp.conn.execute("UPDATE stores SET nonce_hwm=max(nonce_hwm, ?) WHERE id=?", (limit, rowid))
+        st = StateStore(Path(folder.path) / rec.store_id, keys, min_free_bytes=folder.min_free,
+                        min_counter=row.get("nonce_hwm") or 0, on_reserve=on_reserve)
         st.read_only = rec.status != "capturing"
         return st
 

@@ -1,8 +1,9 @@
 """Storage folders: where state stores live, each with a client limit and a free-space floor.
 
 A capture goes to the folder that is under its maximum clients and above its
-minimum free space, most free space first (:func:`choose_folder`). Like
-ConfigMgr, free space is checked at request time only.
+minimum free space, most free space first (:func:`choose_folder`). Unlike
+ConfigMgr, which checks free space only at request time, smpfs also refuses
+every write (ENOSPC) that would take the folder under its minimum free space.
 """
 from __future__ import annotations
 

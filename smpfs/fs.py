@@ -154,7 +154,15 @@ class Writeback:
             await self.lot.park()
 
 
-THREAD_READ = 64 << 10         # reads decrypting this much or more go to a worker thread
+THREAD_READ = 64 << 10
+
+
+def _groups(pid: int) -> set[int]:
+    """The supplementary groups of the calling process (FUSE sends only its fsgid)."""
+    try:
+        return set(pyfuse3.get_sup_groups(pid))
+    except (OSError, ValueError):
+        return set()         # reads decrypting this much or more go to a worker thread
 
 
 def _guarded(fn):
@@ -377,7 +385,10 @@ class SmpOperations(pyfuse3.Operations):
             if ctx.uid != 0 and attr.st_uid != ctx.uid:
                 raise _fail(errno.EPERM)
             kw["uid"] = attr.st_uid
-        if fields.update_gid:
+        if fields.update_gid and attr.st_gid != st.getattr(local).gid:
+            # POSIX: an owner may give a file only to a group it belongs to
+            if attr.st_gid != ctx.gid and attr.st_gid not in _groups(ctx.pid):
+                raise _fail(errno.EPERM)
             kw["gid"] = attr.st_gid
         if fields.update_size:
             kw["size"] = attr.st_size

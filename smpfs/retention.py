@@ -51,7 +51,7 @@ def next_deadline(smp) -> float | None:
     if smp.query_one("SELECT 1 AS x FROM stores WHERE status='deleting'"):
         return 0.0
     row = smp.query_one("SELECT MIN(delete_at) AS t FROM stores "
-                        "WHERE delete_at IS NOT NULL AND status NOT IN ('deleting','deleted')")
+                        "WHERE delete_at IS NOT NULL AND status NOT IN ('deleting','deleted','restoring')")
     return row["t"] if row else None
 
 
@@ -114,8 +114,10 @@ def sweep(smp, now: float | None = None, uid: int = 0) -> list[dict]:
     now = time.time() if now is None else now
     done = [delete_store(smp, s, reason="resumed", uid=uid)
             for s in smp.query("SELECT * FROM stores WHERE status='deleting'")]
+    # a store being restored again (a re-run restore) is not deleted under its
+    # reader: its timer waits for the next release
     due = smp.query("SELECT * FROM stores WHERE delete_at IS NOT NULL AND delete_at <= ? "
-                    "AND status NOT IN ('deleting','deleted') ORDER BY delete_at", (now,))
+                    "AND status NOT IN ('deleting','deleted','restoring') ORDER BY delete_at", (now,))
     done += [delete_store(smp, s, reason="retention", uid=uid) for s in due]
     return done
 

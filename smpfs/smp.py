@@ -82,7 +82,13 @@ CREATE TABLE audit (
 """
 
 #: (version, SQL) pairs; each brings the database from version-1 to version.
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1)]
+#: v2: each store's nonce high-water mark is also kept here, apart from the
+#: storage folder, so rolling back a store's files cannot make nonces repeat.
+_SCHEMA_V2 = """
+ALTER TABLE stores ADD COLUMN nonce_hwm INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

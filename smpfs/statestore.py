@@ -232,7 +232,8 @@ class StateStore:
     daemon's trio thread); block crypto and I/O are pure functions that can
     run elsewhere."""
 
-    def __init__(self, path: Path, keys: StoreKeys, *, min_free_bytes=lambda: 0):
+    def __init__(self, path: Path, keys: StoreKeys, *, min_free_bytes=lambda: 0,
+                 min_counter: int = 0, on_reserve=None):
         self.path = Path(path)
         self.keys = keys
         self.sid = keys.store_id
@@ -261,7 +262,12 @@ class StateStore:
         #: ``submit(job)`` hands a BlockJob to a worker and later calls
         #: ``finish_block(job, error)``; None = do it inline (tools, tests, fsck).
         self.submit = None
-        hwm = max(int(self._meta("counter_hwm")), read_counter_file(self.path))
+        # the largest of every record of the high-water mark: the store's own
+        # (store.db, counter file) and the SMP's (``min_counter``, from smp.db)
+        hwm = max(int(self._meta("counter_hwm")), read_counter_file(self.path), min_counter)
+        self.on_reserve = on_reserve                   # durably records a reservation elsewhere too
+        # no counter record but blocks sealed: the record was lost; counting from 0 again would reuse nonces
+        self._counter_lost = hwm == 0 and self.db.execute("SELECT 1 FROM blocks LIMIT 1").fetchone() is not None
         self._counter = hwm                            # never reuse anything at or under hwm
         self._counter_limit = hwm
         self._wal_fd = None
@@ -366,10 +372,14 @@ class StateStore:
 
     def _next_counter(self) -> int:
         if self._counter >= self._counter_limit:
+            if self._counter_lost:
+                raise _err(errno.EIO, f"{self.path}/{COUNTER_FILE} is missing: refusing to risk reusing a nonce")
             # Reserve a range and make the reservation durable *before* using it.
             # It lives in its own small file, not in the batch transaction, so
             # reserving never commits a half-done operation.
             limit = self._counter + COUNTER_RESERVE
+            if self.on_reserve is not None:
+                self.on_reserve(limit)
             write_counter_file(self.path, limit)
             self._counter_limit = limit
         self._counter += 1
@@ -721,6 +731,8 @@ class StateStore:
         start, end = chunk.chunk_offset(first), chunk.chunk_offset(last) + \
             min(chunk.CHUNK_SIZE, length - last * chunk.CHUNK_SIZE) + chunk.TAG_SIZE
         raw = os.pread(self._fd(counter), end - start, start)
+        if len(raw) != end - start:                  # cut short, maybe on a chunk boundary
+            raise _err(errno.EIO, f"block file {counter:016x} is truncated")
         try:
             return chunk.decrypt_chunks(self.keys.content, self.sid, ino, blkno, counter, length, first, raw)
         except chunk.BlockAuthError as e:
@@ -781,6 +793,8 @@ class StateStore:
                 raw = os.pread(fd, end - start, start)
             finally:
                 os.close(fd)
+            if len(raw) != end - start:              # cut short, maybe on a chunk boundary
+                raise _err(errno.EIO, f"block file {p.counter:016x} is truncated")
             try:
                 plain = chunk.decrypt_chunks(self.keys.content, self.sid, p.ino, p.blkno, p.counter,
                                              p.length, p.first, raw)
@@ -806,10 +820,17 @@ class StateStore:
         finally:
             self.unpin(parts)
 
-    def _check_space(self, nbytes: int) -> None:
+    def _check_space(self, nbytes: int, retry: bool = True) -> None:
         st = os.statvfs(self.path)
         free = st.f_bavail * st.f_frsize
-        if free - nbytes < self.min_free_bytes():
+        # blocks still in memory or in flight land on disk later: count them now
+        pending = self._dirty_bytes + sum(len(j.data) for j in self._inflight.values())
+        if free - nbytes - pending < self.min_free_bytes():
+            if retry and self._superseded:
+                # deleted or rewritten blocks wait for a durable point to be unlinked:
+                # make it now, so space freed by rm is usable at once
+                self.sync()
+                return self._check_space(nbytes, retry=False)
             raise _err(errno.ENOSPC, "the storage folder is at its minimum free space")
 
     def write(self, ino: int, off: int, data) -> int:
