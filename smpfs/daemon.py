@@ -64,6 +64,9 @@ def preflight(state_dir: Path, mountpoint: Path) -> Smp:
     """Everything that can be checked before mounting, each with a clear error."""
     smp = Smp.open(state_dir)
     smp.master_key()                                   # missing / unsafe key -> KeyFileError
+    row = smp.query_one("SELECT * FROM stores WHERE wrapped_key IS NOT NULL LIMIT 1")
+    if row is not None:
+        smp.data_key(row)                              # a wrong master key -> KeyFileError
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse does not exist", "load the fuse module (modprobe fuse) or run where FUSE is available")
     if not mountpoint.exists():
@@ -134,7 +137,9 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> None:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return
-            time.sleep(0.05)
+            if _zombie(pid):          # exited; init has not reaped it yet
+                return
+            time.sleep(0.02)
         raise MountError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s after unmount")
 
 
@@ -426,6 +431,14 @@ class Daemon:
         self.wake_retention.set()
         return result
 
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _sd_notify(msg: str) -> None:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from pathlib import Path
 
@@ -73,8 +74,19 @@ def parse_at(text: str | None, now: float | None = None) -> float:
     return when.timestamp()
 
 
+#: One deletion at a time per process: the daemon runs commands and its sweep in
+#: worker threads, and a sweep must not "resume" (and race the rmtree of) a
+#: deletion another thread is doing right now; it waits and finds it done.
+_deleting = threading.RLock()
+
+
 def delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     """Crypto-shred and remove one store (see module doc). Safe to re-run."""
+    with _deleting:
+        return _delete_store(smp, store_row, reason, uid)
+
+
+def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     from . import statestore
     store_id = store_row["store_id"]
     cur = smp.query_one("SELECT status FROM stores WHERE store_id=?", (store_id,))
@@ -82,12 +94,18 @@ def delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
         return {"store_id": store_id, "bytes_freed": 0, "reason": reason, "already": True}
     if smp.before_delete is not None:
         smp.before_delete(store_row)
-    with smp.tx():
-        smp.conn.execute("UPDATE stores SET wrapped_key=NULL, status='deleting' WHERE store_id=?",
-                         (store_id,))
-    checkpoint = _checkpoint(smp)
     folder_path = Path(smp.folder(store_row["folder_id"])["path"])
+    # what the store takes is measured before anything goes, so a deletion a
+    # crash interrupted still reports everything it freed when it is resumed
+    live = folder_path / store_id
+    size = statestore.tree_bytes(live) if live.exists() else None
+    with smp.tx():
+        smp.conn.execute("UPDATE stores SET wrapped_key=NULL, status='deleting', "
+                         "bytes_freed=coalesce(?, bytes_freed) WHERE store_id=?", (size, store_id))
+    checkpoint = _checkpoint(smp)
     freed = int(statestore.destroy_store(folder_path, store_id) or 0)
+    recorded = smp.query_one("SELECT bytes_freed FROM stores WHERE store_id=?", (store_id,))
+    freed = max(freed, int((recorded or {}).get("bytes_freed") or 0))
     now = time.time()
     with smp.tx():
         smp.conn.execute("UPDATE stores SET status='deleted', deleted_at=?, bytes_freed=? WHERE store_id=?",
@@ -119,7 +137,7 @@ def sweep(smp, now: float | None = None, uid: int = 0) -> list[dict]:
     due = smp.query("SELECT * FROM stores WHERE delete_at IS NOT NULL AND delete_at <= ? "
                     "AND status NOT IN ('deleting','deleted','restoring') ORDER BY delete_at", (now,))
     done += [delete_store(smp, s, reason="retention", uid=uid) for s in due]
-    return done
+    return [d for d in done if not d.get("already")]   # not those another thread finished meanwhile
 
 
 def reapply_retention(smp, uid: int = 0) -> list[dict]:

@@ -457,6 +457,9 @@ def test_folder_selection_full_folders_and_retries(smp):
         assert r.code == 0, r.err
         sd = Path(r.out.strip())
         assert share_of(sd) == share[str(big)] and 0.6 <= waited < 3, waited
+        # a's store was deleted once, for the reason the admin gave
+        assert [(e["store_id"], e["detail"]["reason"]) for e in log_entries(smp) if e["action"] == "delete"] \
+            == [(sa.name, "association removed")]
         assert smp.as_uid(b, lambda: (sb / "f").read_bytes()) == b"on tmpfs"
     finally:
         if smp.mounted:
