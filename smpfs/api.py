@@ -100,8 +100,8 @@ def _config(smp, caller, restore_only=None, server=None, delete_after=None,
         smp.set_setting("restore_only", "1" if on else "0")
         audit.record(smp, caller, "config", setting="restore_only", old=old, new=on)
     if server is not None:
-        if not server.strip() or "\\" in server:
-            raise UsageError(f"invalid server name {server!r}")
+        from .smp import check_server_name
+        check_server_name(server)
         old = smp.setting("server")
         smp.set_setting("server", server.strip())
         audit.record(smp, caller, "config", setting="server", old=old, new=server.strip())

@@ -61,11 +61,16 @@ def encrypt_block(aead: AESGCM, store_id: bytes, ino: int, blkno: int,
     n = len(data)
     mv = memoryview(data)
     count = nchunks(n)
-    out = []
+    out = bytearray(stored_size(n))          # sealed in place: no copies under the GIL
+    view = memoryview(out)
+    pos = 0
     for i in range(count):
-        out.append(aead.encrypt(_NONCE.pack(counter, i), mv[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE],
-                                _ad(store_id, ino, blkno, i, i == count - 1)))
-    return b"".join(out)
+        piece = mv[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]
+        end = pos + len(piece) + TAG_SIZE
+        aead.encrypt_into(_NONCE.pack(counter, i), piece,
+                          _ad(store_id, ino, blkno, i, i == count - 1), view[pos:end])
+        pos = end
+    return out
 
 
 def decrypt_chunks(aead: AESGCM, store_id: bytes, ino: int, blkno: int, counter: int,
@@ -74,21 +79,27 @@ def decrypt_chunks(aead: AESGCM, store_id: bytes, ino: int, blkno: int, counter:
     (the bytes on disk starting at ``chunk_offset(first)``)."""
     count = nchunks(length)
     mv = memoryview(raw)
-    out = []
-    pos = 0
-    i = first
-    while pos < len(mv):
-        if i >= count:
-            break
+    # how much plaintext the raw bytes hold: whole chunks from ``first``
+    size, pos, i = 0, 0, first
+    while pos < len(mv) and i < count:
+        plain_len = min(CHUNK_SIZE, length - i * CHUNK_SIZE)
+        size += plain_len
+        pos += plain_len + TAG_SIZE
+        i += 1
+    out = bytearray(size)                    # opened in place: no copies under the GIL
+    view = memoryview(out)
+    pos, opos, i = 0, 0, first
+    while opos < size:
         plain_len = min(CHUNK_SIZE, length - i * CHUNK_SIZE)
         piece = mv[pos:pos + plain_len + TAG_SIZE]
         if len(piece) != plain_len + TAG_SIZE:
             raise BlockAuthError(f"block {blkno} of inode {ino} is truncated")
         try:
-            out.append(aead.decrypt(_NONCE.pack(counter, i), piece,
-                                    _ad(store_id, ino, blkno, i, i == count - 1)))
+            aead.decrypt_into(_NONCE.pack(counter, i), piece,
+                              _ad(store_id, ino, blkno, i, i == count - 1), view[opos:opos + plain_len])
         except InvalidTag:
             raise BlockAuthError(f"chunk {i} of block {blkno} of inode {ino} fails authentication")
         pos += plain_len + TAG_SIZE
+        opos += plain_len
         i += 1
-    return b"".join(out)
+    return out

@@ -17,7 +17,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 def parse_uid(text) -> int:
     """A uid given as a number or a user name."""
     s = str(text).strip()
-    if s.isdigit():
+    if s.isascii() and s.isdigit():            # not '²' or other Unicode digits int() refuses
+        if int(s) >= 2**32 - 1:                # (uid_t)-1 means "no uid" to the kernel
+            raise UsageError(f"uid {s} is out of range", "a uid is a number from 1 to 4294967294")
         return int(s)
     try:
         return pwd.getpwnam(s).pw_uid

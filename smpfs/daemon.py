@@ -96,7 +96,8 @@ def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False) 
     cmd = [sys.executable, "-m", "smpfs", "--state", str(state_dir), "mount", str(mountpoint), "--foreground"]
     if debug:
         cmd.append("--debug")
-    logf = open(state_dir / LOG_FILE, "ab")
+    logf = os.fdopen(os.open(state_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+    os.fchmod(logf.fileno(), 0o600)           # the log names stores and computers: root's only
     proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL,
                             stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
     os.close(w)
@@ -178,6 +179,7 @@ class Daemon:
             root.addHandler(h2)
 
     def run(self) -> None:
+        os.umask(0o077)          # logs, daemon.json, store files: root's only (modes that must be wider are set explicitly)
         try:
             self._setup_logging()
             self.smp = preflight(self.state_dir, self.mountpoint)
@@ -296,7 +298,8 @@ class Daemon:
             return
         if st is not None:
             if rec.status != "capturing" and not st.read_only:
-                st.sync()                     # everything captured is durable before it is frozen
+                # everything captured is made durable as it is frozen
+                self.nursery.start_soon(self.ops.durable, st) if self.nursery else st.sync()
             st.read_only = rec.status != "capturing"
         # who may see what changed: drop every cached attribute and page of the
         # store (no dirty pages: no writeback cache), so the next stat() or read()
@@ -362,7 +365,7 @@ class Daemon:
             for st in list(self.ops.stores.values()):
                 try:
                     if durable and st.changed:
-                        st.sync()
+                        await self.ops.durable(st)
                     else:
                         st.commit()
                 except Exception:
@@ -478,9 +481,13 @@ def _set_readahead(mountpoint: Path, kb: int = READAHEAD_KB) -> None:
 
 
 def _min_free_fn(spec, path):
+    total = []
+
     def threshold() -> int:
         if spec.percent is None:
             return spec.bytes
-        v = os.statvfs(path)
-        return spec.threshold(v.f_blocks * v.f_frsize)
+        if not total:                      # a filesystem's size does not change under us
+            v = os.statvfs(path)
+            total.append(v.f_blocks * v.f_frsize)
+        return spec.threshold(total[0])
     return threshold

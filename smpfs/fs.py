@@ -28,7 +28,9 @@ import trio
 
 from . import access as access_mod
 from .chunk import BLOCK_SIZE
-from .statestore import ROOT as STORE_ROOT, Attr, StateStore
+from .statestore import ROOT as STORE_ROOT, Attr, StateStore, unlink_files
+
+NO_BLOCKS = -1              # durable(): make the commits durable, no block files to fsync
 
 log = logging.getLogger("smpfs.fs")
 
@@ -72,7 +74,7 @@ class Handle:
     uid: int
     gid: int
     writable: bool
-
+    suid: bool = False    # setuid/setgid bits to clear on the next write
 
 def split(ino: int) -> tuple[int, int]:
     return ino >> SHIFT, ino & LOCAL_MASK
@@ -179,16 +181,20 @@ def _guarded(fn):
         except OSError as e:
             log.error("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(e.errno or errno.EIO)
-        except Exception:
+        except Exception as e:
             log.exception("%s failed", fn.__name__)
             if fn.__name__ == "forget":
                 return None
-            raise pyfuse3.FUSEError(errno.EIO)
+            raise pyfuse3.FUSEError(errno.ENOSPC if "disk is full" in str(e) else errno.EIO)   # sqlite: SQLITE_FULL
     return wrapper
 
 
 class SmpOperations(pyfuse3.Operations):
     supports_dot_lookup = True
+    # Measured off and on (00:32, README "Performance"): with it, the kernel sends
+    # 1 MiB writes at any offset, throttled by FUSE's per-device dirty limit, and
+    # sequential writes were no faster; without it write(2) itself gets EROFS
+    # once a store is released, and ENOSPC when the folder is full.
     enable_writeback_cache = False
     enable_acl = False
 
@@ -203,6 +209,7 @@ class SmpOperations(pyfuse3.Operations):
         self._next_fh = 1
         self.wb = Writeback()
         self.last_used: dict[int, float] = {}
+        self._durable_locks: dict[int, trio.Lock] = {}
         self.read_limiter = trio.CapacityLimiter(4)     # disk reads overlap; decryption releases the GIL
 
     # -- helpers ------------------------------------------------------------------
@@ -240,7 +247,10 @@ class SmpOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = join(rowid, a.ino)
         e.generation = 0
-        e.entry_timeout = TIMEOUT
+        # names inside a store are revalidated on every path walk, so a dentry
+        # cached for the entitled uid never lets another uid stat (or probe
+        # names in) the store; the store directory itself is public
+        e.entry_timeout = TIMEOUT if a.ino == STORE_ROOT else 0
         e.attr_timeout = TIMEOUT
         e.st_mode = a.mode
         e.st_nlink = a.nlink
@@ -401,9 +411,14 @@ class SmpOperations(pyfuse3.Operations):
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
         try:
-            return self._entry(rowid, st.setattr(local, **kw))
+            a = st.setattr(local, **kw)
         except OSError as e:
             raise self._oserr(e)
+        if "mode" in kw:
+            for h in self.handles.values():
+                if h.ino == inode:
+                    h.suid = bool(a.mode & (stat.S_ISUID | stat.S_ISGID))
+        return self._entry(rowid, a)
 
     async def access(self, inode, mode, ctx):
         rowid, local = split(inode)
@@ -505,10 +520,8 @@ class SmpOperations(pyfuse3.Operations):
         inode, _uid = self.dir_handles.get(fh, (0, 0))
         rowid, _ = split(inode)
         if rowid and rowid in self.stores:
-            try:
-                self.stores[rowid].sync()
-            except OSError as e:
-                raise self._oserr(e)
+            # entries live in store.db: a durable commit is what makes them stay
+            await self.durable(self.stores[rowid], NO_BLOCKS)
 
     async def mkdir(self, parent, name, mode, ctx):
         return await self._mknode(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
@@ -580,9 +593,10 @@ class SmpOperations(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------
 
-    def _open_handle(self, inode: int, ctx, writable: bool) -> pyfuse3.FileInfo:
+    def _open_handle(self, inode: int, ctx, writable: bool, mode: int = 0) -> pyfuse3.FileInfo:
         fh = self._new_fh()
-        self.handles[fh] = Handle(inode, ctx.uid, ctx.gid, writable)
+        self.handles[fh] = Handle(inode, ctx.uid, ctx.gid, writable,
+                                  bool(mode & (stat.S_ISUID | stat.S_ISGID)))
         self.opens[inode] = self.opens.get(inode, 0) + 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -602,7 +616,7 @@ class SmpOperations(pyfuse3.Operations):
                 st.truncate(local, 0)
         except OSError as e:
             raise self._oserr(e)
-        return self._open_handle(inode, ctx, writable)
+        return self._open_handle(inode, ctx, writable, a.mode)
 
     async def create(self, parent, name, mode, flags, ctx):
         rowid, local = split(parent)
@@ -653,8 +667,11 @@ class SmpOperations(pyfuse3.Operations):
             if local in st._errors:              # an earlier write-back failed: say so now
                 raise st._errors[local]
             n = st.write(local, off, buf)
-            if h.uid != 0:
+            if h.suid:
                 st.clear_suid(local)
+                for other in self.handles.values():
+                    if other.ino == h.ino:
+                        other.suid = False
         except OSError as e:
             raise self._oserr(e)
         await self.wb.wait_room()
@@ -684,12 +701,7 @@ class SmpOperations(pyfuse3.Operations):
         st = self.stores.get(rowid)
         if st is None or st.db is None:
             raise _fail(errno.EIO)
-        try:
-            st.flush_inode(local)
-            await self.wb.drain(st, local)
-            st.fsync(local)
-        except OSError as e:
-            raise self._oserr(e)
+        await self.durable(st, local)
 
     async def release(self, fh):
         h = self.handles.pop(fh, None)
@@ -761,6 +773,32 @@ class SmpOperations(pyfuse3.Operations):
     def open_inodes(self, rowid: int) -> list[int]:
         return [ino for ino in set(self.opens) | set(self.lookups) if split(ino)[0] == rowid]
 
+    async def durable(self, st: StateStore, ino: int | None = None) -> None:
+        """fsync() of one inode (or, with None, a durable point of the whole
+        store) without blocking the loop: blocks are written and their files,
+        the WAL (and then the unlinking of superseded blocks) are flushed in a
+        worker thread."""
+        lock = self._durable_locks.setdefault(id(st), trio.Lock())
+        async with lock:                         # one durable point of a store at a time
+            await self._durable(st, ino)
+
+    async def _durable(self, st: StateStore, ino: int | None) -> None:
+        try:
+            if ino is None:
+                st.flush_all()
+            elif ino != NO_BLOCKS:
+                st.flush_inode(ino)
+            await self.wb.drain(st, None if ino == NO_BLOCKS else ino)
+            if ino is not None and ino != NO_BLOCKS:
+                st.take_error(ino)
+            work, done = st.prepare_durable(ino)
+            await trio.to_thread.run_sync(work)
+            drop = done()
+            if drop:
+                await trio.to_thread.run_sync(unlink_files, drop)
+        except OSError as e:
+            raise self._oserr(e)
+
     async def drain_all(self) -> None:
         for st in list(self.stores.values()):
             st.flush_all()
@@ -783,6 +821,7 @@ class SmpOperations(pyfuse3.Operations):
         st = self.stores.pop(rowid, None)
         self.last_used.pop(rowid, None)
         if st is not None:
+            self._durable_locks.pop(id(st), None)
             st.submit = None
             if abandon:
                 st.abandon()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -140,6 +141,8 @@ class Smp:
                                 "use it as it is, or choose another --state directory")
         parse_free(min_free)                 # validate before creating anything
         _check_max_clients(max_clients)
+        if server:
+            check_server_name(server)
         state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         os.chmod(state_dir, 0o711)
         fd = os.open(state_dir / DB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -323,6 +326,17 @@ class Smp:
         if row is None:
             raise NotFound(f"no state store {store_id}")
         return row
+
+
+_SERVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def check_server_name(name) -> str:
+    """A server name for UNC paths: a host name (no spaces, backslashes or shell characters)."""
+    if not _SERVER.fullmatch(str(name or "").strip()):
+        raise UsageError(f"invalid server name {name!r}",
+                         "use the host name clients reach: letters, digits, '.', '-', '_', e.g. SMP01")
+    return str(name).strip()
 
 
 def _check_max_clients(n) -> int:

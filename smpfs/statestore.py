@@ -50,7 +50,9 @@ NAME_MAX = 255
 COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
 DIRTY_MAX = 64 << 20               # plaintext bytes buffered before the oldest block is written
 FD_CACHE = 64                      # open block files kept for reading
-INLINE_MAX = 16 << 10              # blocks this small are sealed into store.db, not a file of their own
+INLINE_MAX = 16 << 10
+SPACE_RECHECK = 0.25               # seconds between statvfs() of the storage folder while writing
+SPACE_SLACK = 256 << 20            # ...and at every write within this much of the minimum free space              # blocks this small are sealed into store.db, not a file of their own
 _XATTR_VALUE = b"xv"
 _XATTR_NAME = b"xn"
 _LINK_TARGET = b"lt"
@@ -271,6 +273,9 @@ class StateStore:
         self._counter = hwm                            # never reuse anything at or under hwm
         self._counter_limit = hwm
         self._wal_fd = None
+        self._wal_synced = False                       # every commit so far is durable?
+        self._commit_seq = 0
+        self._space = (0.0, 0)                         # (when, free bytes) of the last statvfs
         self.changed = False                           # anything to commit?
         self.blocks_written = 0
 
@@ -282,57 +287,121 @@ class StateStore:
 
     def _w(self):
         """Enter the batch transaction before any change."""
-        if not self._in_txn:
+        if not self.db.in_transaction:              # (sqlite rolls a batch back by itself on a full disk)
             self.db.execute("BEGIN IMMEDIATE")
-            self._in_txn = True
+        self._in_txn = True
         self.changed = True
 
     def commit(self) -> None:
         """Commit the batch (not necessarily durable: WAL, synchronous=NORMAL)."""
         if self._in_txn:
-            self.db.execute("COMMIT")
             self._in_txn = False
+            if not self.db.in_transaction:
+                raise _err(errno.EIO, "sqlite rolled the batch back (disk full?)")
+            self.db.execute("COMMIT")
+            self._wal_synced = False
+            self._commit_seq += 1
+
+    def durable_commit(self) -> None:
+        """Commit, and make every commit so far survive a power cut."""
+        self._durable_commit()
 
     def sync(self) -> None:
-        """A durable point: every block and every change so far survives a
-        power cut. Write dirty blocks, syncfs the folder, commit, fsync the WAL,
-        then unlink superseded block files."""
+        """A durable point, done here and now: every block and every change so
+        far survives a power cut; superseded block files are then unlinked.
+        (The daemon does the same without blocking its loop: see prepare_durable.)"""
         self.flush_all()
-        if self._unsynced_all:
-            self._syncfs()
-        self._durable_commit()
-        self._unsynced.clear()
-        self._unsynced_all.clear()
-        self._drop_superseded()
+        if self._inflight:
+            raise RuntimeError("sync with blocks in flight: drain them first")
+        work, done = self.prepare_durable()
+        work()
+        unlink_files(done())
         self.changed = False
 
-    def _durable_commit(self) -> None:
+    def prepare_durable(self, ino: int | None = None):
+        """Commit now, and return ``(work, done)``: ``work()`` (any thread) makes
+        the inode's blocks (or, with ``ino=None``, every block) and every commit
+        so far durable; ``done()`` (this thread) records that and returns the
+        superseded block files that may now be unlinked. The caller writes
+        dirty blocks and waits for those in flight first."""
         self.commit()
+        seq = self._commit_seq
+        if ino is None:
+            counters = set(self._unsynced_all)
+            whole_fs = bool(counters)
+        else:
+            counters = self._unsynced.pop(ino, set())
+            whole_fs = len(counters) > 8
+        paths = [self._block_path(c) for c in counters]
+        wal_fd = None if self._wal_synced else self._wal_dup()
+        n_superseded = len(self._superseded) if ino is None else 0
+        root = str(self.path)
+
+        def work() -> None:
+            try:
+                if whole_fs:
+                    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        _syncfs(fd)
+                    finally:
+                        os.close(fd)
+                else:
+                    for path in paths:
+                        try:
+                            fd = os.open(path, os.O_RDONLY)
+                        except FileNotFoundError:
+                            continue                   # superseded meanwhile
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                    for d in {os.path.dirname(p) for p in paths}:
+                        _fsync_dir(Path(d))
+                if wal_fd is not None:
+                    os.fsync(wal_fd)
+            finally:
+                if wal_fd is not None:
+                    os.close(wal_fd)
+
+        def done() -> list[str]:
+            if self._commit_seq == seq:
+                self._wal_synced = True
+            self._unsynced_all -= counters
+            for c in counters:
+                for rest in self._unsynced.values():
+                    rest.discard(c)
+            if ino is None:
+                self.changed = False
+            taken, self._superseded = self._superseded[:n_superseded], self._superseded[n_superseded:]
+            keep = [c for c in taken if c in self._pins]     # a read in flight still needs it
+            self._superseded[:0] = keep
+            gone = [c for c in taken if c not in self._pins]
+            for c in gone:
+                self._forget_fd(c)
+            return [self._block_path(c) for c in gone]
+        return work, done
+
+    def _wal_dup(self) -> int | None:
         if self._wal_fd is None:
             try:
                 self._wal_fd = os.open(self.path / "store.db-wal", os.O_RDONLY)
             except FileNotFoundError:
-                return
-        os.fsync(self._wal_fd)
+                return None
+        return os.dup(self._wal_fd)
 
-    def _syncfs(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+    def _durable_commit(self) -> None:
+        """Commit and fsync the WAL, here and now."""
+        self.commit()
+        if self._wal_synced:
+            return                                   # nothing committed since the last one
+        fd = self._wal_dup()
+        if fd is None:
+            return
         try:
-            _syncfs(fd)
+            os.fsync(fd)
         finally:
             os.close(fd)
-
-    def _drop_superseded(self) -> None:
-        pinned = [c for c in self._superseded if c in self._pins]
-        for ctr in self._superseded:
-            if ctr in self._pins:
-                continue
-            self._forget_fd(ctr)
-            try:
-                os.unlink(self._block_path(ctr))
-            except FileNotFoundError:
-                pass
-        self._superseded = pinned
+        self._wal_synced = True
 
     def close(self) -> None:
         """Everything durable, then close. The store can be destroyed after."""
@@ -656,6 +725,11 @@ class StateStore:
             raise _err(errno.EEXIST)
         if replace and not exists:
             raise _err(errno.ENODATA)
+        if not exists:      # every name must fit in one listxattr reply (XATTR_LIST_MAX, 64 KiB)
+            used = self.db.execute("SELECT coalesce(sum(length(name) - 15), 0) FROM xattrs WHERE ino=?",
+                                   (ino,)).fetchone()[0]     # sealed names carry a 16-byte SIV
+            if used + len(name) + 1 > 65536:
+                raise _err(errno.ENOSPC, "no room for more extended attribute names on this file")
         self._w()
         self.db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)",
                         (ino, sealed, self.keys.seal_value(ino, _XATTR_VALUE + name, value)))
@@ -703,6 +777,8 @@ class StateStore:
             fd = os.open(self._block_path(counter), os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise _err(errno.EIO, f"block file {counter:016x} is missing")
+        except OSError as e:                     # e.g. ELOOP: a symlink planted in its place
+            raise _err(errno.EIO, f"block file {counter:016x} cannot be opened: {e.strerror}")
         self._fds[counter] = fd
         if len(self._fds) > FD_CACHE:
             os.close(self._fds.popitem(last=False)[1])
@@ -785,6 +861,8 @@ class StateStore:
                 fd = os.open(self._block_path(p.counter), os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError:
                 raise _err(errno.EIO, f"block file {p.counter:016x} is missing")
+            except OSError as e:                 # e.g. ELOOP: a symlink planted in its place
+                raise _err(errno.EIO, f"block file {p.counter:016x} cannot be opened: {e.strerror}")
             try:
                 if p.first == 0 and p.length > end:
                     # a reader at the start of a block will want the rest of it:
@@ -800,8 +878,8 @@ class StateStore:
                                              p.length, p.first, raw)
             except chunk.BlockAuthError as e:
                 raise _err(errno.EIO, str(e))
-            piece = plain[p.start:p.start + p.n]
-            out.append(piece if len(piece) == p.n else piece + bytes(p.n - len(piece)))
+            piece = memoryview(plain)[p.start:p.start + p.n]
+            out.append(piece if len(piece) == p.n else bytes(piece) + bytes(p.n - len(piece)))
         return out[0] if len(out) == 1 else b"".join(out)
 
     def unpin(self, parts: list) -> None:
@@ -816,17 +894,24 @@ class StateStore:
     def read(self, ino: int, off: int, size: int) -> bytes:
         parts = self.read_plan(ino, off, size)
         try:
-            return self.fetch(parts)
+            return bytes(self.fetch(parts))
         finally:
             self.unpin(parts)
 
     def _check_space(self, nbytes: int, retry: bool = True) -> None:
-        st = os.statvfs(self.path)
-        free = st.f_bavail * st.f_frsize
+        when, free = self._space
+        now = time.monotonic()
+        if now - when > SPACE_RECHECK or free - nbytes < self.min_free_bytes() + SPACE_SLACK:
+            st = os.statvfs(self.path)
+            free = st.f_bavail * st.f_frsize
+            when = now
+        # between statvfs calls (at most SPACE_RECHECK s apart, and always near the
+        # floor) what this store wrote is subtracted from the last figure
+        self._space = (when, free - nbytes)
         # blocks still in memory or in flight land on disk later: count them now
-        pending = self._dirty_bytes + sum(len(j.data) for j in self._inflight.values())
+        pending = self._dirty_bytes + len(self._inflight) * BLOCK_SIZE
         if free - nbytes - pending < self.min_free_bytes():
-            if retry and self._superseded:
+            if retry and self._superseded and not self._inflight:
                 # deleted or rewritten blocks wait for a durable point to be unlinked:
                 # make it now, so space freed by rm is usable at once
                 self.sync()
@@ -972,24 +1057,9 @@ class StateStore:
         if self.inflight(ino):
             raise RuntimeError("fsync with blocks in flight: drain them first")
         self.take_error(ino)
-        counters = self._unsynced.pop(ino, set())
-        if len(counters) > 8:
-            self._syncfs()
-        else:
-            dirs = set()
-            for c in counters:
-                try:
-                    fd = os.open(self._block_path(c), os.O_RDONLY)
-                except FileNotFoundError:
-                    continue                       # superseded meanwhile
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                dirs.add(c & 0xFF)
-            for d in dirs:
-                _fsync_dir(self.path / "b" / f"{d:02x}")
-        self._durable_commit()
+        work, done = self.prepare_durable(ino)
+        work()
+        done()
 
     def truncate(self, ino: int, size: int) -> None:
         self._writable()
@@ -1052,6 +1122,14 @@ def write_block_file(path: str, data: bytes) -> None:
         os.unlink(path)
         raise
     os.close(fd)
+
+
+def unlink_files(paths) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 COUNTER_FILE = "counter"

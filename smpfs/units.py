@@ -73,7 +73,10 @@ def parse_duration(text: str) -> int:
     parts = re.findall(r"(\d+)\s*([smhdw])", t)
     if not t or not parts or re.sub(r"(\d+)\s*([smhdw])", "", t).strip():
         raise UsageError(f"invalid duration {text!r}", "write e.g. 30m, 12h, 7d")
-    return sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+    total = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+    if total > 36500 * 86400:        # later dates overflow sqlite integers and datetime
+        raise UsageError(f"duration {text!r} is too long", "at most 36500d (100 years)")
+    return total
 
 
 def format_duration(seconds: int) -> str:
