@@ -33,7 +33,7 @@ from .errors import MountError, NotMountedError, PermissionDenied, SmpError
 from .fs import SHARE_BASE, Catalog, ShareRec, SmpOperations, StoreRec, join
 from .key import StoreKeys
 from .smp import DAEMON_FILE, Smp
-from .statestore import ROOT as STORE_ROOT, StateStore
+from .statestore import ROOT as STORE_ROOT, StateStore, ensure_reserve
 from .units import parse_free
 
 log = logging.getLogger("smpfs.daemon")
@@ -373,6 +373,8 @@ class Daemon:
             if durable:
                 last_sync = time.monotonic()
                 self.ops.close_idle(IDLE_CLOSE)
+                folders = [s.path for s in self.catalog.shares.values()]
+                await trio.to_thread.run_sync(lambda: [ensure_reserve(f) for f in folders if os.path.isdir(f)])
 
     async def _retention_timer(self) -> None:
         while True:

@@ -247,6 +247,7 @@ class StateStore:
         version = int(self._meta("format_version"))
         if version > FORMAT_VERSION:
             raise _err(errno.EPROTO, f"store format {version} is newer than this smpfs ({FORMAT_VERSION})")
+        ensure_reserve(self.path.parent)
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(blocks)")}
         if "data" not in cols:                       # stores made before inline blocks
             self.db.execute("ALTER TABLE blocks ADD COLUMN data BLOB")
@@ -298,7 +299,15 @@ class StateStore:
             self._in_txn = False
             if not self.db.in_transaction:
                 raise _err(errno.EIO, "sqlite rolled the batch back (disk full?)")
-            self.db.execute("COMMIT")
+            ensure_commit_room(self.path.parent)
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError:
+                # a full disk: if sqlite still holds the batch, spend the reserve
+                # and try again; acknowledged changes must not be rolled back
+                if not (self.db.in_transaction and release_reserve(self.path.parent)):
+                    raise
+                self.db.execute("COMMIT")
             self._wal_synced = False
             self._commit_seq += 1
 
@@ -1122,6 +1131,62 @@ def write_block_file(path: str, data: bytes) -> None:
         os.unlink(path)
         raise
     os.close(fd)
+
+
+# -- the commit reserve ----------------------------------------------------------
+#
+# Metadata is committed in batches after the syscalls that made it returned 0.
+# If someone else fills the storage folder's disk meanwhile, the COMMIT would
+# fail and sqlite would roll the batch back: files and directories the writer
+# was told exist would vanish. Each storage folder therefore keeps a small
+# preallocated reserve file, released just before a commit that finds the disk
+# (nearly) full, and put back when a store is opened with room to spare.
+
+RESERVE_FILE = ".smpfs-reserve"
+
+
+def reserve_size(folder: Path) -> int:
+    v = os.statvfs(folder)
+    return min(16 << 20, max(1 << 20, v.f_blocks * v.f_frsize // 20))
+
+
+def ensure_reserve(folder: Path) -> None:
+    """Create the folder's commit reserve if it is missing and there is room."""
+    path = Path(folder) / RESERVE_FILE
+    if path.exists():
+        return
+    size = reserve_size(folder)
+    v = os.statvfs(folder)
+    if v.f_bavail * v.f_frsize < 4 * size:
+        return
+    tmp = Path(folder) / (RESERVE_FILE + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def release_reserve(folder: Path) -> bool:
+    try:
+        os.unlink(Path(folder) / RESERVE_FILE)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def ensure_commit_room(folder: Path) -> None:
+    """Before a commit: on a (nearly) full disk, give the reserve back to sqlite."""
+    v = os.statvfs(folder)
+    if v.f_bavail * v.f_frsize < reserve_size(folder) // 2:
+        release_reserve(folder)
 
 
 def unlink_files(paths) -> None:

@@ -141,7 +141,8 @@ class TestSmp:
 
     @property
     def mounted(self) -> bool:
-        return os.path.ismount(self.mountpoint)
+        """Mounted, or left dead by a killed daemon (ismount() says no to those)."""
+        return os.path.ismount(self.mountpoint) or _in_mounts(self.mountpoint)
 
     def daemon_pid(self) -> int | None:
         try:
@@ -279,6 +280,14 @@ def _run_cli(argv: list[str], uid: int | None) -> CliResult:
             return CliResult(r.returncode, r.stdout, r.stderr)
         return go()
     return as_uid(uid, go)
+
+
+def _in_mounts(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == str(path) for line in f)
+    except OSError:
+        return False
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> bool:
