@@ -35,6 +35,7 @@ NO_BLOCKS = -1              # durable(): make the commits durable, no block file
 log = logging.getLogger("smpfs.fs")
 
 SHIFT = 40
+STUB = 0                      # local inode of a store directory as others see it (no way in)
 LOCAL_MASK = (1 << SHIFT) - 1
 SHARE_BASE = 16
 TIMEOUT = 60.0                # entry/attr cache seconds (invalidated on lifecycle changes)
@@ -272,12 +273,24 @@ class SmpOperations(pyfuse3.Operations):
         return e
 
     def _store_root_entry(self, rec: StoreRec, uid: int) -> pyfuse3.EntryAttributes:
-        """The store directory as the share shows it. Its real attributes (times
-        set by rsync/tar) are read only for the uid entitled to the store, so
-        listing a share opens no store and unwraps no key."""
+        """The store directory as the share shows it to ``uid``.
+
+        The kernel's dentry cache is shared by all uids, so a name looked up in a
+        store by its computer would let anyone else walk to it without asking us.
+        Hence the store directory is never cached (entry timeout 0: every path
+        walk through it asks us again) and is a different inode for each side:
+        the uid entitled to the store gets the real directory; everyone else a
+        *stub* (local inode 0) with no way in, whose attributes are made up from
+        the catalog, so listing a share opens no store and unwraps no key."""
         if access_mod.level(rec.as_row(), uid) is not None:
-            return self._entry(rec.rowid, self._store(rec.rowid).getattr(STORE_ROOT))
-        e = self._virtual_entry(join(rec.rowid, STORE_ROOT))
+            e = self._entry(rec.rowid, self._store(rec.rowid).getattr(STORE_ROOT))
+            e.entry_timeout = 0
+            return e
+        return self._stub_entry(rec)
+
+    def _stub_entry(self, rec: StoreRec) -> pyfuse3.EntryAttributes:
+        e = self._virtual_entry(join(rec.rowid, STUB))
+        e.entry_timeout = e.attr_timeout = 0
         owner = rec.source_uid if rec.status == "capturing" else rec.dest_uid
         e.st_uid = e.st_gid = owner
         e.st_mode = stat.S_IFDIR | 0o700
@@ -328,6 +341,8 @@ class SmpOperations(pyfuse3.Operations):
         rowid, local = split(parent)
         if rowid == 0:
             return self._counted(self._lookup_virtual(parent, name, ctx.uid))
+        if local == STUB and name not in (b".", b".."):
+            raise _fail(errno.EACCES)
         st = self._need(rowid, ctx.uid)
         try:
             ino = st.lookup(local, name)
@@ -374,9 +389,9 @@ class SmpOperations(pyfuse3.Operations):
         try:
             # attributes are visible to those who can see the store; the store
             # directory itself is visible to anyone who can list the share
-            if local != STORE_ROOT:
-                return self._entry(rowid, self._need(rowid, ctx.uid).getattr(local))
-            return self._store_root_entry(self._rec(rowid), ctx.uid)
+            if local == STUB:
+                return self._stub_entry(self._rec(rowid))
+            return self._entry(rowid, self._need(rowid, ctx.uid).getattr(local))
         except OSError as e:
             raise self._oserr(e)
 
@@ -424,6 +439,8 @@ class SmpOperations(pyfuse3.Operations):
         rowid, local = split(inode)
         if rowid == 0:
             return not (mode & os.W_OK)
+        if local == STUB:
+            return False
         try:
             lvl = self._level(rowid, ctx.uid)
         except pyfuse3.FUSEError:
@@ -468,6 +485,8 @@ class SmpOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         rowid, local = split(inode)
         if rowid:
+            if local == STUB:
+                raise _fail(errno.EACCES)
             self._need(rowid, ctx.uid)
         fh = self._new_fh()
         self.dir_handles[fh] = (inode, ctx.uid)
