@@ -95,6 +95,30 @@ def table(rows: list[list], header: list[str]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+class Progress:
+    """One self-overwriting status line on a terminal (stderr); silent when piped."""
+
+    def __init__(self, every: float = 0.2):
+        self.tty = sys.stderr.isatty()
+        self.every = every
+        self.last = 0.0
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if not self.tty or time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        click.echo(f"\r\033[K{text}", err=True, nl=False)
+        self.shown = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.shown:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
@@ -670,7 +694,9 @@ def fsck(obj, no_repair, as_json):
         raise MountError("the SMP is mounted; unmount it before running fsck")
     smp = Smp.open(obj.state)
     try:
-        report = fsck_mod.check_smp(smp, repair=not no_repair)
+        with Progress() as bar:
+            report = fsck_mod.check_smp(smp, repair=not no_repair,
+                                        progress=lambda i, n, sid: bar.show(f"checking store {i + 1}/{n} {sid[:12]}…"))
         if not no_repair:
             with smp.tx():
                 smp.conn.execute("INSERT OR REPLACE INTO meta VALUES ('dirty', '0')")
@@ -720,7 +746,9 @@ def recover(key_text, store_path, outdir, as_json):
             smp.close()
 
     try:
-        stats = recover_mod.recover(key_text, store_path, outdir)
+        with Progress() as bar:
+            stats = recover_mod.recover(key_text, store_path, outdir, progress=lambda s: bar.show(
+                f"recovered {s['files']} file(s), {format_size(s['bytes'])}"))
     except SmpError as e:
         audited(lambda smp: audit.record_failure(smp, os.geteuid(), "recover", e, store_id=store_id))
         raise
