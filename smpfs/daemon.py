@@ -218,7 +218,9 @@ class Daemon:
                         os.unlink(self.state_dir / name)
                     except FileNotFoundError:
                         pass
-        log.info("unmounted %s", self.mountpoint)
+        from .fs import OP_COUNTS
+        log.info("unmounted %s; requests served: %s", self.mountpoint,
+                 ", ".join(f"{k} {v}" for k, v in OP_COUNTS.most_common()))
 
     def _shutdown(self) -> None:
         errors = 0

@@ -168,13 +168,22 @@ def _groups(pid: int) -> set[int]:
         return set()         # reads decrypting this much or more go to a worker thread
 
 
+import collections
+
+#: Requests served, by kind (logged at unmount: what a workload costs in round trips).
+OP_COUNTS: collections.Counter = collections.Counter()
+
+
 def _guarded(fn):
     """A handler that raises anything but FUSEError would end pyfuse3.main()
     and take the whole mount down: turn such bugs into EIO for that request."""
     import functools
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
+        OP_COUNTS[name] += 1
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -248,10 +257,10 @@ class SmpOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = join(rowid, a.ino)
         e.generation = 0
-        # names inside a store are revalidated on every path walk, so a dentry
-        # cached for the entitled uid never lets another uid stat (or probe
-        # names in) the store; the store directory itself is public
-        e.entry_timeout = TIMEOUT if a.ino == STORE_ROOT else 0
+        # Names inside a store are cached: every path walk into a store passes
+        # its directory, which is never cached and is a stub for other uids
+        # (see _store_root_entry), so a cached name can't be reached by them.
+        e.entry_timeout = TIMEOUT
         e.attr_timeout = TIMEOUT
         e.st_mode = a.mode
         e.st_nlink = a.nlink
