@@ -36,6 +36,7 @@ import shutil
 import sqlite3
 import stat
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ FORMAT_VERSION = 1
 ROOT = 1
 NAME_MAX = 255
 COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
-DIRTY_MAX = 64 << 20               # plaintext bytes buffered before the oldest block is written
+DIRTY_MAX = 32 << 20               # plaintext bytes one store buffers before writing its oldest block
+DIRTY_TOTAL_MAX = 64 << 20         # ... and all open stores together (the daemon's memory stays flat)
 FD_CACHE = 64                      # open block files kept for reading
 INLINE_MAX = 16 << 10
 SPACE_RECHECK = 0.25               # seconds between statvfs() of the storage folder while writing
@@ -119,7 +121,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA wal_autocheckpoint=10000")
     conn.execute("PRAGMA secure_delete=ON")
-    conn.execute("PRAGMA cache_size=-8192")          # 8 MiB page cache per store
+    conn.execute("PRAGMA cache_size=-2048")          # 2 MiB page cache per open store
     return conn
 
 
@@ -229,6 +231,13 @@ class ReadPart:
         self.first, self.last, self.start, self.n = first, last, start, n
 
 
+_OPEN = weakref.WeakSet()          # every open StateStore, for the daemon-wide dirty budget
+
+
+def _dirty_total() -> int:
+    return sum(st._dirty_bytes for st in _OPEN)
+
+
 class StateStore:
     """An open state store. Not thread-safe: use it from one thread (the
     daemon's trio thread); block crypto and I/O are pure functions that can
@@ -265,6 +274,7 @@ class StateStore:
         #: ``submit(job)`` hands a BlockJob to a worker and later calls
         #: ``finish_block(job, error)``; None = do it inline (tools, tests, fsck).
         self.submit = None
+        _OPEN.add(self)
         # the largest of every record of the high-water mark: the store's own
         # (store.db, counter file) and the SMP's (``min_counter``, from smp.db)
         hwm = max(int(self._meta("counter_hwm")), read_counter_file(self.path), min_counter)
@@ -965,7 +975,7 @@ class StateStore:
                 if boff + k == BLOCK_SIZE:                    # the writer reached the block's end
                     self._flush_block(key)
             pos += k
-        while self._dirty_bytes > DIRTY_MAX:
+        while self._dirty and (self._dirty_bytes > DIRTY_MAX or _dirty_total() > DIRTY_TOTAL_MAX):
             self._flush_block(next(iter(self._dirty)))
         return n
 
