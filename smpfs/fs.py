@@ -354,11 +354,10 @@ class SmpOperations(pyfuse3.Operations):
             raise _fail(errno.EACCES)
         st = self._need(rowid, ctx.uid)
         try:
-            ino = st.lookup(local, name)
-            if ino == STORE_ROOT and name == b"..":
+            if name == b".." and st.lookup(local, name) == STORE_ROOT and local == STORE_ROOT:
                 share = self.cat.shares[self.cat.stores[rowid].folder_id]
                 return self._counted(self._virtual_entry(SHARE_BASE + share.folder_id))
-            return self._counted(self._entry(rowid, st.getattr(ino)))
+            return self._counted(self._entry(rowid, st.lookup_attr(local, name)))
         except OSError as e:
             raise self._oserr(e)
 

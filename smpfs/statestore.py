@@ -543,6 +543,18 @@ class StateStore:
             raise _err(errno.ENOENT)
         return row[0]
 
+    def lookup_attr(self, parent: int, name: bytes) -> Attr:
+        """``getattr(lookup(parent, name))`` in one query (the hot path of every open)."""
+        if name in (b".", b"..") or len(name) > NAME_MAX:
+            return self.getattr(self.lookup(parent, name))
+        row = self.db.execute(
+            f"SELECT {', '.join('i.' + c.strip() for c in ATTR_COLS.split(','))}"
+            " FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND d.name=?",
+            (parent, self.keys.seal_name(parent, name))).fetchone()
+        if row is None:
+            raise _err(errno.ENOENT)
+        return Attr(*row)
+
     def readdir(self, parent: int, after: int = 0, limit: int = 1000):
         """Entries of ``parent`` after cursor ``after``: (cursor, name, Attr)."""
         rows = self.db.execute(
