@@ -283,10 +283,32 @@ def test_recover_deep_tree(smp, tmp_path):
     smp.as_uid(src, _deeper_than_path_max, str(deep), DEEP)
     smp.as_uid(src, touch, f"{store}/zz-after", b"after")
     out = tmp_path / "out"
-    stats = recover_store(smp, src, store, out)
-    assert stats["errors"] == []
-    assert _walk_deep(str(out / "deep"), DEEP) == b"deepest"
-    assert read(out / "zz-after") == b"after"
+    try:
+        stats = recover_store(smp, src, store, out)
+        assert stats["errors"] == []
+        assert _walk_deep(str(out / "deep"), DEEP) == b"deepest"
+        assert read(out / "zz-after") == b"after"
+    finally:
+        if (out / "deep").exists():
+            _remove_chain(str(out / "deep"))   # shutil.rmtree (and pytest's cleanup) would recurse too deep
+
+
+def _remove_chain(top: str, name: str = "a") -> None:
+    """Remove a chain of directories ``top/a/a/...`` of any depth, without recursion."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        while name in os.listdir(fds[-1]):
+            fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        for i in range(len(fds) - 1, -1, -1):
+            for n in os.listdir(fds[i]):
+                if n != name:
+                    os.unlink(n, dir_fd=fds[i])
+            if i:
+                os.rmdir(name, dir_fd=fds[i - 1])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    os.rmdir(top)
 
 
 # -- a big directory --------------------------------------------------------------------------
