@@ -17,6 +17,7 @@ released and the destination computer checks everything read-only; then
 Everything is driven by one seed. It is printed; a failure message names it
 and the last operations, and ``SMPFS_MODEL_SEED=<seed>`` replays the run.
 ``tools/soak.py`` reuses :func:`run_model` for as long as asked.
+CI runs 5 segments of 700 operations; ``SMPFS_LONG=1`` 10 of 3,000.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ PATH_ROOM = 3800                    # bytes of path the driver uses at most (PAT
 CLOCK_SLACK = 50_000_000            # ns: the kernel stamps some times from its coarse clock
 _FMT = {F: stat.S_IFREG, D: stat.S_IFDIR, L: stat.S_IFLNK}
 
-CI_SEGMENTS = int(os.environ.get("SMPFS_MODEL_SEGMENTS", "5"))
-CI_OPS = int(os.environ.get("SMPFS_MODEL_OPS", "700"))
+LONG = os.environ.get("SMPFS_LONG") == "1"
+CI_SEGMENTS = int(os.environ.get("SMPFS_MODEL_SEGMENTS", "10" if LONG else "5"))
+CI_OPS = int(os.environ.get("SMPFS_MODEL_OPS", "3000" if LONG else "700"))
 
 
 # -- the model ------------------------------------------------------------------
