@@ -138,7 +138,7 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> None:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return
-            if _zombie(pid):          # exited; init has not reaped it yet
+            if is_zombie(pid):          # exited; init has not reaped it yet
                 return
             time.sleep(0.02)
         raise MountError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s after unmount")
@@ -440,7 +440,8 @@ class Daemon:
 
 
 
-def _zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
+    """Exited but not yet reaped (by init, for a daemon started in the background)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"

@@ -819,7 +819,8 @@ class SmpOperations(pyfuse3.Operations):
             if ino is not None and ino != NO_BLOCKS:
                 st.take_error(ino)
             work, done = st.prepare_durable(ino)
-            await trio.to_thread.run_sync(work)
+            if not work.idle:                    # already durable: no thread hop for nothing
+                await trio.to_thread.run_sync(work)
             drop = done()
             if drop:
                 await trio.to_thread.run_sync(unlink_files, drop)

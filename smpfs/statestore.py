@@ -357,6 +357,8 @@ class StateStore:
         root = str(self.path)
 
         def work() -> None:
+            if not (whole_fs or paths or wal_fd is not None):
+                return
             try:
                 if whole_fs:
                     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -398,6 +400,7 @@ class StateStore:
             for c in gone:
                 self._forget_fd(c)
             return [self._block_path(c) for c in gone]
+        work.idle = not (whole_fs or paths or wal_fd is not None)
         return work, done
 
     def _wal_dup(self) -> int | None:

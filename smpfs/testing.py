@@ -22,6 +22,7 @@ tools run as the uid with :meth:`TestSmp.run`. Needs root and /dev/fuse.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import itertools
 import json
@@ -37,7 +38,9 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Computer", "TestSmp", "mounted", "as_uid", "SkipNoFuse"]
+from .daemon import is_zombie
+
+__all__ = ["Computer", "TestSmp", "mounted", "as_uid", "HeldFile", "errname", "SkipNoFuse"]
 
 _uids = itertools.count(int(os.environ.get("SMPFS_TEST_UID_BASE", "61000")) + (os.getpid() % 500) * 40)
 
@@ -247,6 +250,87 @@ class TestSmp:
                               text=True, **extra, **kw)
 
 
+def errname(fn, *args, **kwargs) -> str:
+    """'ok' if ``fn`` succeeds, else the errno name of its OSError (to run in as_uid)."""
+    try:
+        fn(*args, **kwargs)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+class HeldFile:
+    """A process running as ``uid`` that keeps one file open across lifecycle changes
+    (a migration tool still writing when the task sequence releases the store).
+
+    ``do("pwrite", data, off)`` / ``do("pread", n, off)`` run ``os.<op>(fd, ...)`` in it
+    and return the result or raise the OSError (errno kept)."""
+
+    def __init__(self, who, path, flags: int = os.O_RDONLY, mode: int = 0o644):
+        uid = _uid(who)
+        import multiprocessing
+        self.conn, child = multiprocessing.Pipe()
+        self.pid = os.fork()
+        if self.pid == 0:                                  # the holder
+            code = 0
+            try:
+                self.conn.close()
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                fd = os.open(path, flags, mode)
+                child.send(("ok", None))
+                while (req := child.recv()) is not None:
+                    try:
+                        child.send(("ok", getattr(os, req[0])(fd, *req[1:])))
+                    except OSError as e:
+                        child.send(("err", e.errno))
+            except BaseException as e:                     # noqa: BLE001 - reported to the parent
+                code = 1
+                try:
+                    child.send(("err", getattr(e, "errno", None) or repr(e)))
+                except Exception:                          # noqa: BLE001
+                    pass
+            finally:
+                os._exit(code)
+        child.close()
+        self._reply()
+
+    def _reply(self):
+        kind, value = self.conn.recv()
+        if kind == "err":
+            if isinstance(value, int):
+                raise OSError(value, os.strerror(value))
+            raise RuntimeError(value)
+        return value
+
+    def do(self, op: str, *args):
+        self.conn.send((op, *args))
+        return self._reply()
+
+    def errname(self, op: str, *args) -> str:
+        try:
+            self.do(op, *args)
+            return "ok"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+
+    def close(self) -> None:
+        if self.pid:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def _uid(who) -> int | None:
     return who.uid if isinstance(who, Computer) else who
 
@@ -297,18 +381,12 @@ def _wait_gone(pid: int, timeout: float = 10) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        if _zombie(pid):    # exited; its reaper (init: the daemon is double-forked) may take a while
+        if is_zombie(pid):    # exited; its reaper (init: the daemon is double-forked) may take a while
             return True
         time.sleep(0.02)
     return False
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def fuse_available() -> str | None:

@@ -22,80 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from smpfs.testing import HeldFile as Held, errname
+
 from smpfs import key as keymod
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def errname(fn, *args, **kwargs) -> str:
-    """'ok' if ``fn`` succeeds, else the errno name of its OSError (to run in as_uid)."""
-    try:
-        fn(*args, **kwargs)
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-
-
-class Held:
-    """A process running as ``uid`` that keeps one file open while the store is deleted.
-
-    ``do("pread", n, off)`` runs ``os.pread(fd, n, off)`` in it and returns the bytes
-    or raises the OSError (errno kept)."""
-
-    def __init__(self, uid: int, path, flags: int = os.O_RDONLY):
-        self.conn, child = multiprocessing.Pipe()
-        self.pid = os.fork()
-        if self.pid == 0:                                  # the holder
-            code = 0
-            try:
-                self.conn.close()
-                os.setgroups([])
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-                fd = os.open(path, flags)
-                child.send(("ok", None))
-                while (req := child.recv()) is not None:
-                    try:
-                        child.send(("ok", getattr(os, req[0])(fd, *req[1:])))
-                    except OSError as e:
-                        child.send(("err", e.errno))
-            except BaseException as e:                     # noqa: BLE001 - reported to the parent
-                code = 1
-                try:
-                    child.send(("err", getattr(e, "errno", None) or repr(e)))
-                except Exception:                          # noqa: BLE001
-                    pass
-            finally:
-                os._exit(code)
-        child.close()
-        self._reply()
-
-    def _reply(self):
-        kind, value = self.conn.recv()
-        if kind == "err":
-            if isinstance(value, int):
-                raise OSError(value, os.strerror(value))
-            raise RuntimeError(value)
-        return value
-
-    def do(self, op: str, *args):
-        self.conn.send((op, *args))
-        return self._reply()
-
-    def close(self) -> None:
-        if self.pid:
-            try:
-                self.conn.send(None)
-            except OSError:
-                pass
-            os.waitpid(self.pid, 0)
-            self.pid = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def migrate(smp, data: dict[str, bytes], release_restore: bool = True):
