@@ -434,6 +434,16 @@ if pytest is not None:
         except SkipNoFuse as e:
             pytest.skip(str(e))
 
+    @pytest.fixture(scope="module")
+    def smp_module(request):
+        """One mounted SMP shared by a test module (faster; give each test its
+        own computer and store so they stay independent)."""
+        try:
+            with mounted() as s:
+                yield s
+        except SkipNoFuse as e:
+            pytest.skip(str(e))
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(item, call):
         outcome = yield

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from smpfs.testing import SkipNoFuse, mounted
+
 
 MiB = 1 << 20
 BLOCK = 1 << 20          # smpfs's content block size (chunk.BLOCK_SIZE)
@@ -27,12 +27,8 @@ BLOCK = 1 << 20          # smpfs's content block size (chunk.BLOCK_SIZE)
 # -- fixtures -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def msmp():
-    try:
-        with mounted() as s:
-            yield s
-    except SkipNoFuse as e:
-        pytest.skip(str(e))
+def msmp(smp_module):
+    return smp_module
 
 
 class Store:

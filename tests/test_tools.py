@@ -16,18 +16,14 @@ import stat
 
 import pytest
 
-from smpfs.testing import SkipNoFuse, mounted
+
 
 MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def msmp():
-    try:
-        with mounted() as s:
-            yield s
-    except SkipNoFuse as e:
-        pytest.skip(str(e))
+def msmp(smp_module):
+    return smp_module
 
 
 @pytest.fixture
