@@ -96,6 +96,8 @@ class Catalog:
         self.shares: dict[int, ShareRec] = {}        # folder id -> share
         self.stores: dict[int, StoreRec] = {}        # rowid -> store
         self.open_store: Callable[[StoreRec], StateStore] | None = None
+        self._by_id: dict[str, int] = {}
+        self._by_id_of = None
 
     def share_by_name(self, name: bytes) -> ShareRec | None:
         for s in self.shares.values():
@@ -105,6 +107,21 @@ class Catalog:
 
     def live_stores_in(self, folder_id: int):
         return [s for s in self.stores.values() if s.folder_id == folder_id and s.status not in GONE]
+
+    def live_store(self, folder_id: int, store_id: str) -> StoreRec | None:
+        """The store named ``store_id`` in a share: one dict lookup, however many stores."""
+        rowid = self.by_id.get(store_id)
+        rec = self.stores.get(rowid) if rowid is not None else None
+        if rec is None or rec.folder_id != folder_id or rec.status in GONE:
+            return None
+        return rec
+
+    @property
+    def by_id(self) -> dict[str, int]:
+        if self._by_id_of is not self.stores:          # rebuilt when the daemon swaps the dict
+            self._by_id = {r.store_id: r.rowid for r in self.stores.values()}
+            self._by_id_of = self.stores
+        return self._by_id
 
 
 class Writeback:
@@ -376,10 +393,10 @@ class SmpOperations(pyfuse3.Operations):
             sid = name.decode("ascii")
         except UnicodeDecodeError:
             raise _fail(errno.ENOENT)
-        for rec in self.cat.live_stores_in(folder_id):
-            if rec.store_id == sid:
-                return self._store_root_entry(rec, uid)
-        raise _fail(errno.ENOENT)
+        rec = self.cat.live_store(folder_id, sid)
+        if rec is None:
+            raise _fail(errno.ENOENT)
+        return self._store_root_entry(rec, uid)
 
     async def forget(self, inode_list):
         for ino, n in inode_list:
