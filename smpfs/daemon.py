@@ -375,7 +375,9 @@ class Daemon:
             if durable:
                 last_sync = time.monotonic()
                 self.ops.close_idle(IDLE_CLOSE)
-                folders = [s.path for s in self.catalog.shares.values()]
+                # put back the commit reserve of folders in use (a retired or
+                # emptied folder is left with nothing of ours in it)
+                folders = {str(st.path.parent) for st in self.ops.stores.values()}
                 await trio.to_thread.run_sync(lambda: [ensure_reserve(f) for f in folders if os.path.isdir(f)])
 
     async def _retention_timer(self) -> None:

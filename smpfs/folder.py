@@ -128,6 +128,8 @@ def remove_folder(smp, path, force: bool = False, uid: int = 0) -> dict:
         deleted.append(retention.delete_store(smp, s, reason="folder removed", uid=uid))
     with smp.tx():
         smp.conn.execute("UPDATE folders SET removed_at=? WHERE id=?", (time.time(), row["id"]))
+    from .statestore import release_reserve
+    release_reserve(Path(row["path"]))          # nothing of smpfs's is left behind in it
     audit.record(smp, uid, "folder_remove", path=row["path"], share=row["share"],
                  stores_deleted=len(deleted))
     return {"folder": row["path"], "deleted": deleted,

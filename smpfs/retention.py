@@ -165,6 +165,9 @@ def retire(smp, uid: int = 0) -> list[dict]:
     smp.set_setting("restore_only", "1")
     done = sweep(smp, now=0, uid=uid)        # finishes interrupted deletions only
     done += [delete_store(smp, s, reason="retired", uid=uid) for s in smp.stores()]
+    from .statestore import release_reserve
+    for f in smp.query("SELECT path FROM folders WHERE removed_at IS NULL"):
+        release_reserve(Path(f["path"]))       # nothing of smpfs's is left in the folders
     smp.set_setting("retired_at", time.time())
     audit.record(smp, uid, "retire", stores_deleted=len(done),
                  bytes_freed=sum(d.get("bytes_freed", 0) for d in done))

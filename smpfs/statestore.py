@@ -156,6 +156,7 @@ def create_store(folder: Path, store_id: str, keys: StoreKeys, owner_uid: int,
                      (ROOT, stat.S_IFDIR | 0o700, owner_uid, gid, now, now, now))
     conn.close()
     _fsync_dir(path)
+    ensure_reserve(Path(folder))
     _fsync_dir(Path(folder))
     return path
 

@@ -311,9 +311,10 @@ def test_folder_remove_refused_then_forced(smp, tmp_path):
     with pytest.raises(Conflict) as e:
         call(smp, 0, "folder_remove", path=path)
     assert e.value.exit_code == 16
+    assert statestore.RESERVE_FILE in os.listdir(path)     # the commit reserve, made with the store
     out = call(smp, 0, "folder_remove", path=path, force=True)
     assert out["changed_stores"] == [r["store_id"]]
-    assert not os.path.exists(os.path.join(path, r["store_id"]))
+    assert os.listdir(path) == []                          # nothing of smpfs is left behind
     assert row(smp, r["store_id"])["status"] == "deleted"
     with pytest.raises(NoStorageRoom):
         call(smp, NEW, "request_capture")
@@ -534,4 +535,4 @@ def test_concurrent_capture_requests_get_one_store(smp, in_place):
         t.join()
     assert not errors and len(set(results)) == 1
     assert smp.query_one("SELECT COUNT(*) AS n FROM stores")["n"] == 1
-    assert len(os.listdir(smp.state_dir / "store")) == 1
+    assert len([n for n in os.listdir(smp.state_dir / "store") if n != statestore.RESERVE_FILE]) == 1
