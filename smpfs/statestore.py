@@ -322,10 +322,6 @@ class StateStore:
             self._wal_synced = False
             self._commit_seq += 1
 
-    def durable_commit(self) -> None:
-        """Commit, and make every commit so far survive a power cut."""
-        self._durable_commit()
-
     def sync(self) -> None:
         """A durable point, done here and now: every block and every change so
         far survives a power cut; superseded block files are then unlinked.
@@ -411,20 +407,6 @@ class StateStore:
             except FileNotFoundError:
                 return None
         return os.dup(self._wal_fd)
-
-    def _durable_commit(self) -> None:
-        """Commit and fsync the WAL, here and now."""
-        self.commit()
-        if self._wal_synced:
-            return                                   # nothing committed since the last one
-        fd = self._wal_dup()
-        if fd is None:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._wal_synced = True
 
     def close(self) -> None:
         """Everything durable, then close. The store can be destroyed after."""
