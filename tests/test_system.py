@@ -82,3 +82,18 @@ def test_systemd_notify_and_clean_stop_on_sigterm(unmounted):
     smp.mount()
     assert smp.as_uid(comp, lambda: open(f"{store}/f", "rb").read()) == b"kept" * 1000
     smp.umount()
+
+
+def test_log_level_changes_a_running_daemon_and_is_for_root_only(smp):
+    r = smp.cli("log-level", "debug")
+    assert "log level: debug" in r.out
+    log = (smp.state / "smpfs.log").read_text()
+    assert "log level set to DEBUG" in log
+    comp = smp.add_computer()
+    denied = smp.cli("log-level", "info", uid=comp, check=False)
+    assert denied.code == 7 and "root" in denied.err
+    assert smp.cli("log-level", "info").out.strip() == "log level: info"
+    bad = smp.cli("log-level", "loud", check=False)
+    assert bad.code == 2
+    # the log and daemon.json are for root alone
+    assert (smp.state / "smpfs.log").stat().st_mode & 0o077 == 0
