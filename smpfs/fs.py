@@ -29,6 +29,7 @@ import trio
 from . import access as access_mod
 from .chunk import BLOCK_SIZE
 from .statestore import ROOT as STORE_ROOT, Attr, StateStore, unlink_files
+from .writeback import Writeback
 
 NO_BLOCKS = -1              # durable(): make the commits durable, no block files to fsync
 
@@ -122,56 +123,6 @@ class Catalog:
             self._by_id = {r.store_id: r.rowid for r in self.stores.values()}
             self._by_id_of = self.stores
         return self._by_id
-
-
-class Writeback:
-    """Seals and writes full blocks in worker threads while the loop takes the
-    next request (the kernel serialises writes to one file, so this is where a
-    sequential writer's pipelining comes from). At most ``max_inflight`` blocks
-    wait; a writer past that waits for room."""
-
-    def __init__(self, threads: int = 2, max_inflight: int = 8):
-        self.limiter = trio.CapacityLimiter(threads)
-        self.lot = trio.lowlevel.ParkingLot()
-        self.max_inflight = max_inflight
-        self.count = 0
-        self.nursery = None            # set by the daemon; None = write inline
-
-    def attach(self, st: StateStore) -> None:
-        if self.nursery is not None:
-            st.submit = lambda job: self._submit(st, job)
-
-    def _submit(self, st: StateStore, job) -> None:
-        self.count += 1
-        self.nursery.start_soon(self._run, st, job)
-
-    async def _run(self, st: StateStore, job) -> None:
-        err = None
-        try:
-            await trio.to_thread.run_sync(job.run, limiter=self.limiter)
-        except OSError as e:
-            err = e
-        except trio.Cancelled:
-            err = OSError(errno.EIO, "write-back cancelled")
-            raise
-        except Exception as e:              # a bug must not take the mount down
-            log.exception("sealing a block failed")
-            err = OSError(errno.EIO, str(e))
-        finally:
-            self.count -= 1
-            try:
-                st.finish_block(job, err)
-            except Exception:
-                log.exception("recording a written block failed")
-            self.lot.unpark_all()
-
-    async def wait_room(self) -> None:
-        while self.count > self.max_inflight:
-            await self.lot.park()
-
-    async def drain(self, st: StateStore, ino: int | None = None) -> None:
-        while st.inflight(ino):
-            await self.lot.park()
 
 
 THREAD_READ = 64 << 10

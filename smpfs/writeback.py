@@ -1,0 +1,68 @@
+"""Write-back: full blocks are sealed and written in worker threads.
+
+The kernel serialises writes to one file (no writeback cache), so a
+sequential writer only overlaps with the sealing of what it wrote when the
+block it completed goes to a worker while the loop takes the next request.
+The store layer hands each block over through ``StateStore.submit`` and
+records it, back on the loop, in ``finish_block``.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+
+import trio
+
+from .statestore import StateStore
+
+log = logging.getLogger("smpfs.writeback")
+
+
+class Writeback:
+    """Seals and writes full blocks in worker threads while the loop takes the
+    next request (the kernel serialises writes to one file, so this is where a
+    sequential writer's pipelining comes from). At most ``max_inflight`` blocks
+    wait; a writer past that waits for room."""
+
+    def __init__(self, threads: int = 2, max_inflight: int = 8):
+        self.limiter = trio.CapacityLimiter(threads)
+        self.lot = trio.lowlevel.ParkingLot()
+        self.max_inflight = max_inflight
+        self.count = 0
+        self.nursery = None            # set by the daemon; None = write inline
+
+    def attach(self, st: StateStore) -> None:
+        if self.nursery is not None:
+            st.submit = lambda job: self._submit(st, job)
+
+    def _submit(self, st: StateStore, job) -> None:
+        self.count += 1
+        self.nursery.start_soon(self._run, st, job)
+
+    async def _run(self, st: StateStore, job) -> None:
+        err = None
+        try:
+            await trio.to_thread.run_sync(job.run, limiter=self.limiter)
+        except OSError as e:
+            err = e
+        except trio.Cancelled:
+            err = OSError(errno.EIO, "write-back cancelled")
+            raise
+        except Exception as e:              # a bug must not take the mount down
+            log.exception("sealing a block failed")
+            err = OSError(errno.EIO, str(e))
+        finally:
+            self.count -= 1
+            try:
+                st.finish_block(job, err)
+            except Exception:
+                log.exception("recording a written block failed")
+            self.lot.unpark_all()
+
+    async def wait_room(self) -> None:
+        while self.count > self.max_inflight:
+            await self.lot.park()
+
+    async def drain(self, st: StateStore, ino: int | None = None) -> None:
+        while st.inflight(ino):
+            await self.lot.park()
