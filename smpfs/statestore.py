@@ -51,7 +51,6 @@ NAME_MAX = 255
 COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
 DIRTY_MAX = 32 << 20               # plaintext bytes one store buffers before writing its oldest block
 DIRTY_TOTAL_MAX = 64 << 20         # ... and all open stores together (the daemon's memory stays flat)
-FD_CACHE = 64                      # open block files kept for reading
 INLINE_MAX = 16 << 10
 SPACE_RECHECK = 0.25               # seconds between statvfs() of the storage folder while writing
 SPACE_SLACK = 256 << 20            # ...and at every write within this much of the minimum free space              # blocks this small are sealed into store.db, not a file of their own
@@ -268,7 +267,6 @@ class StateStore:
         self._unsynced: dict[int, set[int]] = {}      # ino -> counters written since its last fsync
         self._unsynced_all: set[int] = set()           # counters written since the last durable point
         self._superseded: list[int] = []               # block files to unlink after a durable commit
-        self._fds: OrderedDict[int, int] = OrderedDict()
         self._inflight: dict[tuple[int, int], BlockJob] = {}   # blocks being sealed elsewhere
         self._errors: dict[int, OSError] = {}          # ino -> a write-back error to report
         self._pins: dict[int, int] = {}                # counters a read in flight still needs
@@ -394,8 +392,6 @@ class StateStore:
             keep = [c for c in taken if c in self._pins]     # a read in flight still needs it
             self._superseded[:0] = keep
             gone = [c for c in taken if c not in self._pins]
-            for c in gone:
-                self._forget_fd(c)
             return [self._block_path(c) for c in gone]
         work.idle = not (whole_fs or paths or wal_fd is not None)
         return work, done
@@ -417,9 +413,6 @@ class StateStore:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError:
             pass
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
         if self._wal_fd is not None:
             os.close(self._wal_fd)
         self.db.close()
@@ -429,9 +422,6 @@ class StateStore:
         """Drop everything unwritten (the store is being destroyed)."""
         self._dirty.clear()
         self._dirty_bytes = 0
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
         if self._wal_fd is not None:
             os.close(self._wal_fd)
         if self.db is not None:
@@ -466,9 +456,6 @@ class StateStore:
         if row is None:
             raise _err(errno.ENOENT)
         return Attr(*row)
-
-    def exists(self, ino: int) -> bool:
-        return self.db.execute("SELECT 1 FROM inodes WHERE ino=?", (ino,)).fetchone() is not None
 
     def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
                 atime_ns=None, mtime_ns=None, ctime_ns=None) -> Attr:
@@ -785,27 +772,6 @@ class StateStore:
         return self.db.execute("SELECT counter, length, data FROM blocks WHERE ino=? AND blkno=?",
                                (ino, blkno)).fetchone()
 
-    def _fd(self, counter: int) -> int:
-        fd = self._fds.get(counter)
-        if fd is not None:
-            self._fds.move_to_end(counter)
-            return fd
-        try:
-            fd = os.open(self._block_path(counter), os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise _err(errno.EIO, f"block file {counter:016x} is missing")
-        except OSError as e:                     # e.g. ELOOP: a symlink planted in its place
-            raise _err(errno.EIO, f"block file {counter:016x} cannot be opened: {e.strerror}")
-        self._fds[counter] = fd
-        if len(self._fds) > FD_CACHE:
-            os.close(self._fds.popitem(last=False)[1])
-        return fd
-
-    def _forget_fd(self, counter: int) -> None:
-        fd = self._fds.pop(counter, None)
-        if fd is not None:
-            os.close(fd)
-
     def _load_block(self, ino: int, blkno: int, row, first: int = 0, last: int | None = None) -> bytes:
         """Decrypt chunks [first, last] of a stored block."""
         counter, length, inline = row
@@ -821,15 +787,8 @@ class StateStore:
             last = n - 1
         if first > last:
             return b""
-        start, end = chunk.chunk_offset(first), chunk.chunk_offset(last) + \
-            min(chunk.CHUNK_SIZE, length - last * chunk.CHUNK_SIZE) + chunk.TAG_SIZE
-        raw = os.pread(self._fd(counter), end - start, start)
-        if len(raw) != end - start:                  # cut short, maybe on a chunk boundary
-            raise _err(errno.EIO, f"block file {counter:016x} is truncated")
-        try:
-            return chunk.decrypt_chunks(self.keys.content, self.sid, ino, blkno, counter, length, first, raw)
-        except chunk.BlockAuthError as e:
-            raise _err(errno.EIO, str(e))
+        size = min(length, (last + 1) * chunk.CHUNK_SIZE) - first * chunk.CHUNK_SIZE
+        return self.fetch([ReadPart(ino, blkno, counter, length, first, last, 0, size)])
 
     def read_plan(self, ino: int, off: int, size: int) -> list:
         """What a read needs: bytes already in memory, or ReadParts to fetch.
@@ -918,7 +877,8 @@ class StateStore:
     def _check_space(self, nbytes: int, retry: bool = True) -> None:
         when, free = self._space
         now = time.monotonic()
-        if now - when > SPACE_RECHECK or free - nbytes < self.min_free_bytes() + SPACE_SLACK:
+        floor = self.min_free_bytes()
+        if now - when > SPACE_RECHECK or free - nbytes < floor + SPACE_SLACK:
             st = os.statvfs(self.path)
             free = st.f_bavail * st.f_frsize
             when = now
@@ -927,7 +887,7 @@ class StateStore:
         self._space = (when, free - nbytes)
         # blocks still in memory or in flight land on disk later: count them now
         pending = self._dirty_bytes + len(self._inflight) * BLOCK_SIZE
-        if free - nbytes - pending < self.min_free_bytes():
+        if free - nbytes - pending < floor:
             if retry and self._superseded and not self._inflight:
                 # deleted or rewritten blocks wait for a durable point to be unlinked:
                 # make it now, so space freed by rm is usable at once
@@ -1153,8 +1113,8 @@ def write_block_file(path: str, data: bytes) -> None:
 RESERVE_FILE = ".smpfs-reserve"
 
 
-def reserve_size(folder: Path) -> int:
-    v = os.statvfs(folder)
+def reserve_size(folder: Path, v=None) -> int:
+    v = v or os.statvfs(folder)
     return min(16 << 20, max(1 << 20, v.f_blocks * v.f_frsize // 20))
 
 
@@ -1163,8 +1123,8 @@ def ensure_reserve(folder: Path) -> None:
     path = Path(folder) / RESERVE_FILE
     if path.exists():
         return
-    size = reserve_size(folder)
     v = os.statvfs(folder)
+    size = reserve_size(folder, v)
     if v.f_bavail * v.f_frsize < 4 * size:
         return
     tmp = Path(folder) / (RESERVE_FILE + ".tmp")
@@ -1193,7 +1153,7 @@ def release_reserve(folder: Path) -> bool:
 def ensure_commit_room(folder: Path) -> None:
     """Before a commit: on a (nearly) full disk, give the reserve back to sqlite."""
     v = os.statvfs(folder)
-    if v.f_bavail * v.f_frsize < reserve_size(folder) // 2:
+    if v.f_bavail * v.f_frsize < reserve_size(folder, v) // 2:
         release_reserve(folder)
 
 
