@@ -659,8 +659,7 @@ class SmpOperations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         h, st, local = self._handle_store(fh, write=True)
         try:
-            if local in st._errors:              # an earlier write-back failed: say so now
-                raise st._errors[local]
+            st.check_error(local)                # an earlier write-back failed: say so now
             n = st.write(local, off, buf)
             if h.suid:
                 st.clear_suid(local)

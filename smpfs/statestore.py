@@ -1013,6 +1013,12 @@ class StateStore:
             return bool(self._inflight)
         return any(k[0] == ino for k in self._inflight)
 
+    def check_error(self, ino: int) -> None:
+        """Raise the write-back error of an inode, if any, keeping it for close()/fsync()."""
+        e = self._errors.get(ino)
+        if e is not None:
+            raise e
+
     def take_error(self, ino: int) -> None:
         """Raise (once) the write-back error of an inode, as close()/fsync() must."""
         e = self._errors.pop(ino, None)

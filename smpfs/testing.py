@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .daemon import is_zombie
 
-__all__ = ["Computer", "TestSmp", "mounted", "as_uid", "HeldFile", "errname", "SkipNoFuse"]
+__all__ = ["Computer", "TestSmp", "mounted", "as_uid", "HeldFile", "errname", "spawn_as", "SkipNoFuse"]
 
 _uids = itertools.count(int(os.environ.get("SMPFS_TEST_UID_BASE", "61000")) + (os.getpid() % 500) * 40)
 
@@ -58,10 +58,11 @@ class Computer:
         return self.name
 
 
-def as_uid(uid: int, fn, *args, gid: int | None = None, timeout: float = 300, **kwargs):
-    """Run ``fn(*args, **kwargs)`` in a forked child as ``uid``; return its result.
-
-    Exceptions in the child are re-raised here (an ``OSError`` keeps its errno)."""
+def spawn_as(who, fn, *args, gid: int | None = None) -> tuple[int, int]:
+    """Fork a child that runs ``fn(report_fd, *args)`` as ``who`` and keeps running
+    (a tool still writing when the daemon is killed, say). Returns ``(pid,
+    read end of report_fd)``; the child exits 0 when ``fn`` returns, 1 if it raises."""
+    uid = _uid(who)
     gid = uid if gid is None else gid
     r, w = os.pipe()
     pid = os.fork()
@@ -72,21 +73,32 @@ def as_uid(uid: int, fn, *args, gid: int | None = None, timeout: float = 300, **
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
-            try:
-                payload = ("ok", fn(*args, **kwargs))
-            except BaseException as e:               # noqa: BLE001 - shipped to the parent
-                payload = ("err", e, traceback.format_exc())
-            try:
-                data = pickle.dumps(payload)
-            except Exception as e:                   # unpicklable result or exception
-                data = pickle.dumps(("err", RuntimeError(f"{type(e).__name__}: {e}"), ""))
-            with os.fdopen(w, "wb") as f:
-                f.write(data)
+            fn(w, *args)
         except BaseException:
             code = 1
         finally:
             os._exit(code)
     os.close(w)
+    return pid, r
+
+
+def as_uid(uid: int, fn, *args, gid: int | None = None, **kwargs):
+    """Run ``fn(*args, **kwargs)`` in a forked child as ``uid``; return its result.
+
+    Exceptions in the child are re-raised here (an ``OSError`` keeps its errno)."""
+    def child(w):
+        try:
+            payload = ("ok", fn(*args, **kwargs))
+        except BaseException as e:                   # noqa: BLE001 - shipped to the parent
+            payload = ("err", e, traceback.format_exc())
+        try:
+            data = pickle.dumps(payload)
+        except Exception as e:                       # unpicklable result or exception
+            data = pickle.dumps(("err", RuntimeError(f"{type(e).__name__}: {e}"), ""))
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+
+    pid, r = spawn_as(uid, child, gid=gid)
     with os.fdopen(r, "rb") as f:
         data = f.read()
     _, status = os.waitpid(pid, 0)

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from smpfs.testing import spawn_as
 from test_tools import assert_same_tree, make_tree, snapshot
 
 MiB = 1 << 20
@@ -46,26 +47,6 @@ def _log(smp) -> str:
         return (smp.state / "smpfs.log").read_text()
     except FileNotFoundError:
         return ""
-
-
-def _spawn_as(uid: int, fn, *args) -> tuple[int, int]:
-    """Fork a child running fn(report_fd, *args) as uid; returns (pid, read end)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        code = 0
-        try:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            fn(w, *args)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    return pid, r
 
 
 def _reap(pid: int, timeout: float = 20) -> None:
@@ -126,7 +107,7 @@ def _write_and_hold(report: int, store: str) -> None:
 def test_sigterm_unmounts_cleanly_and_flushes(smp):
     comp = smp.add_computer()
     store = str(smp.request_capture(comp))
-    pid, r = _spawn_as(comp.uid, _write_and_hold, store)
+    pid, r = spawn_as(comp.uid, _write_and_hold, store)
     try:
         with os.fdopen(r, "rb") as pipe:
             assert pipe.readline() == b"ready\n"
@@ -249,7 +230,7 @@ def _check_after_crash(store: str, synced: list[int], hot_v: int, max_i: int, cf
 def test_sigkill_during_write_loop(smp):
     comp = smp.add_computer()
     store = str(smp.request_capture(comp))
-    pid, r = _spawn_as(comp.uid, _writer, store)
+    pid, r = spawn_as(comp.uid, _writer, store)
     synced, hot_v, cfg_v = [], -1, -1
     buf = b""
     deadline = time.monotonic() + 30
@@ -363,7 +344,7 @@ def test_dirty_flag_triggers_fsck(smp):
     store = str(smp.request_capture(comp))
     sdir = _store_dir(smp, store)
     before = _block_files(smp, store)
-    pid, r = _spawn_as(comp.uid, _hold_unlinked, store)
+    pid, r = spawn_as(comp.uid, _hold_unlinked, store)
     try:
         with os.fdopen(r, "rb") as pipe:
             assert pipe.readline() == b"ready\n"
