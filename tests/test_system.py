@@ -97,3 +97,39 @@ def test_log_level_changes_a_running_daemon_and_is_for_root_only(smp):
     assert bad.code == 2
     # the log and daemon.json are for root alone
     assert (smp.state / "smpfs.log").stat().st_mode & 0o077 == 0
+
+
+def _smpfs(*args):
+    return subprocess.run([sys.executable, "-m", "smpfs", *map(str, args)], capture_output=True, text=True)
+
+
+def test_mount_and_umount_refuse_with_clear_errors(smp):
+    other = smp.root / "other-mnt"
+    other.mkdir()
+    # a mountpoint that does not exist
+    r = _smpfs("--state", smp.state, "mount", smp.root / "nowhere")
+    assert r.returncode == 5 and "does not exist" in r.stderr
+    # the same SMP a second time, elsewhere
+    r = _smpfs("--state", smp.state, "mount", other)
+    assert r.returncode == 5 and "already mounted" in r.stderr
+    assert not os.path.ismount(other)
+    # another SMP onto a busy mountpoint
+    second = smp.root / "second-state"
+    assert _smpfs("--state", second, "init").returncode == 0
+    r = _smpfs("--state", second, "mount", smp.mountpoint)
+    assert r.returncode == 5 and "busy" in r.stderr
+    # a state dir that is not there
+    r = _smpfs("--state", smp.root / "no-state", "mount", other)
+    assert r.returncode == 3 and "does not exist" in r.stderr
+    # umount while a computer still holds a file open: refused, the mount stays
+    comp = smp.add_computer()
+    store = smp.request_capture(comp)
+    from smpfs.testing import HeldFile
+    with HeldFile(comp, store / "open-file", os.O_CREAT | os.O_WRONLY):
+        r = _smpfs("--state", smp.state, "umount", smp.mountpoint)
+        assert r.returncode == 5 and "busy" in r.stderr
+        assert smp.mounted
+    smp.umount()
+    assert not smp.mounted
+    r = _smpfs("--state", smp.state, "umount", smp.mountpoint)
+    assert r.returncode == 6 and "not mounted" in r.stderr
