@@ -2,7 +2,7 @@
 
 Lifecycle and admin commands go to the mounted SMP's daemon over its control
 socket (the kernel tells it who calls). When nothing is mounted, root runs the
-same code (:func:`smpfs.api.dispatch`) right here; other users are told to ask
+same code (:func:`smpfs.lifecycle.api.dispatch`) right here; other users are told to ask
 an admin. Errors print ``smpfs: <message>`` (and a hint) on stderr and exit
 with the error's own code (see smpfs/errors.py, docs/admin.md).
 """
@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import click
 
-from . import api
 from .errors import NotMountedError, SmpError
-from .smp import DEFAULT_STATE_DIR, Smp, resolve_state_dir
+from .lifecycle import api
+from .lifecycle.smp import DEFAULT_STATE_DIR, Smp, resolve_state_dir
 from .units import format_duration, format_size
-
 
 # -- plumbing --------------------------------------------------------------------
 
@@ -47,7 +46,7 @@ class SmpGroup(click.Group):
 def _control_call(state_dir, command: str, args: dict) -> dict:
     """Ask the running daemon; NotMountedError if there is none."""
     try:
-        from . import control
+        from .mount import control
     except ModuleNotFoundError as e:         # not written yet: behave as "not mounted"
         if e.name != f"{__package__}.control":
             raise
@@ -90,9 +89,9 @@ def when(ts) -> str:
 def table(rows: list[list], header: list[str]) -> None:
     rows = [[("-" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(header, widths)).rstrip())
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=False)).rstrip())
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 class Progress:
@@ -147,7 +146,8 @@ def main(ctx, state, as_json):
 @main.command()
 @click.option("--server", help="Server name used in UNC paths (default: this host's name).")
 @click.option("--folder", type=click.Path(file_okay=False), help="First storage folder (default: STATE/store).")
-@click.option("--max-clients", type=int, default=100, show_default=True, help="Maximum clients of that folder (1-99999).")
+@click.option("--max-clients", type=int, default=100, show_default=True,
+              help="Maximum clients of that folder (1-99999).")
 @click.option("--min-free", default="500MB", show_default=True, help="Minimum free space: 500MB, 2GB or 10%.")
 @json_option
 @click.pass_obj
@@ -423,7 +423,8 @@ def _print_settings(s: dict) -> None:
     keep = s["delete_after_s"]
     click.echo(f"server:        {s['server']}")
     click.echo(f"restore-only:  {'on' if s['restore_only'] else 'off'}")
-    click.echo(f"deletion:      {'immediately after restore' if keep == 0 else format_duration(keep) + ' after restore'}")
+    deletion = "immediately" if keep == 0 else format_duration(keep)
+    click.echo(f"deletion:      {deletion} after restore")
 
 
 @main.group()
@@ -654,7 +655,7 @@ def mount(obj, mountpoint, foreground, debug):
       smpfs --state /var/lib/smpfs mount /srv/smp
       ls '/srv/smp/SMPSTORED_3A9F01C2$/'
     """
-    from . import daemon
+    from .mount import daemon
     daemon.mount(obj.state, mountpoint, foreground=foreground, debug=debug)
 
 
@@ -668,7 +669,7 @@ def umount(obj, mountpoint):
     Example:
       smpfs umount /srv/smp
     """
-    from . import daemon
+    from .mount import daemon
     daemon.umount(obj.state, mountpoint)
 
 
@@ -686,10 +687,11 @@ def fsck(obj, no_repair, as_json):
     Example:
       smpfs fsck
     """
-    from . import fsck as fsck_mod
-    from .errors import IntegrityError, MountError
-    from .daemon import _daemon_info
     from pathlib import Path
+
+    from .errors import IntegrityError, MountError
+    from .mount.daemon import _daemon_info
+    from .store import fsck as fsck_mod
     if _daemon_info(Path(obj.state)):
         raise MountError("the SMP is mounted; unmount it before running fsck")
     smp = Smp.open(obj.state)
@@ -727,9 +729,9 @@ def recover(key_text, store_path, outdir, as_json):
     Example:
       smpfs recover --key 1A2B3C4D-... /srv/smpstore/<64 hex id> /tmp/restored
     """
-    from . import recover as recover_mod
-    from .smp import resolve_state_dir
-    from . import audit
+    from .lifecycle import audit
+    from .lifecycle.smp import resolve_state_dir
+    from .store import recover as recover_mod
     store_id = os.path.basename(os.path.normpath(store_path))
 
     def audited(write):
@@ -750,7 +752,7 @@ def recover(key_text, store_path, outdir, as_json):
             stats = recover_mod.recover(key_text, store_path, outdir, progress=lambda s: bar.show(
                 f"recovered {s['files']} file(s), {format_size(s['bytes'])}"))
     except SmpError as e:
-        audited(lambda smp: audit.record_failure(smp, os.geteuid(), "recover", e, store_id=store_id))
+        audited(lambda smp, e=e: audit.record_failure(smp, os.geteuid(), "recover", e, store_id=store_id))
         raise
     audited(lambda smp: audit.record(smp, os.geteuid(), "recover", store_id=store_id,
                                      files=stats["files"], errors=len(stats["errors"])))
@@ -797,6 +799,6 @@ def log_level(level):
     Example:
       smpfs log-level debug
     """
-    from . import control
+    from .mount import control
     r = control.call(click.get_current_context().find_object(Ctx).state, "log_level", {"level": level})
     click.echo(f"log level: {r['level']}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import itertools
 import json
 import os
@@ -38,7 +37,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .daemon import is_zombie
+from .mount.daemon import is_zombie
 
 __all__ = ["Computer", "TestSmp", "mounted", "as_uid", "HeldFile", "errname", "spawn_as", "SkipNoFuse"]
 
@@ -137,7 +136,7 @@ class TestSmp:
 
     # -- setting up and tearing down ----------------------------------------------
 
-    def init(self) -> "TestSmp":
+    def init(self) -> TestSmp:
         args = ["init", "--min-free", self.min_free, "--max-clients", str(self.max_clients),
                 "--server", "SMPTEST"]
         if self.folder:
@@ -145,7 +144,7 @@ class TestSmp:
         self.cli(*args)
         return self
 
-    def mount(self) -> "TestSmp":
+    def mount(self) -> TestSmp:
         self.mountpoint.mkdir(exist_ok=True)
         os.chmod(self.mountpoint, 0o755)
         self.cli("mount", str(self.mountpoint))
@@ -363,6 +362,7 @@ class CliFailed(AssertionError):
 def _run_cli(argv: list[str], uid: int | None) -> CliResult:
     def go():
         from click.testing import CliRunner
+
         from .cli import main
         r = CliRunner().invoke(main, argv, catch_exceptions=True)
         if r.exception is not None and not isinstance(r.exception, SystemExit):

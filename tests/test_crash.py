@@ -38,7 +38,7 @@ import time
 
 import pytest
 
-from smpfs import control
+from smpfs.mount import control
 
 LONG = os.environ.get("SMPFS_LONG") == "1"
 WRITE_KILLS = 60 if LONG else 14
@@ -506,13 +506,14 @@ def test_kill_during_retention_deletion(smp):
             assert smp.as_uid(dst, _gone, str(root)) == errno.ENOENT
             r = smp.cli("request", "restore", uid=dst, check=False)
             assert r.code == 15, (r.code, r.err)
-            from smpfs.smp import Smp
+            from smpfs.lifecycle.smp import Smp
             s = Smp.open(smp.state)
             try:
                 assert s.store(store_id)["wrapped_key"] is None
             finally:
                 s.close()
-    print(f"kill during retention deletion: {RETENTION_KILLS} kills, (moment, db after kill, after remount): {outcomes}")
+    print(f"kill during retention deletion: {RETENTION_KILLS} kills, "
+          f"(moment, db after kill, after remount): {outcomes}")
 
 
 def test_kill_count():

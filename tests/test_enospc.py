@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import time
 import random
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest

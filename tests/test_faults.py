@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_concurrency import collect, reap, spawn_as
 
 MiB = 1 << 20
@@ -187,7 +186,7 @@ def _blocks(store_dir: Path, ino: int) -> list[Path]:
 
 def _make_files(root: str, names, seed: int) -> dict:
     out = {}
-    for i, name in enumerate(names):
+    for _i, name in enumerate(names):
         data = random.Random(f"{seed}/{name}").randbytes(3 * MiB + 1000)
         write(f"{root}/{name}", data)
         out[name] = os.stat(f"{root}/{name}").st_ino & LOCAL_MASK
@@ -257,7 +256,7 @@ def test_damaged_blocks_give_eio_for_that_file_alone(smp):
     got = smp.as_uid(a, _outcomes, str(sa), cases + ["healthy"])
     want = {n: hashlib.sha256(random.Random(f"{seed}/{n}").randbytes(3 * MiB + 1000)).hexdigest()
             for n in cases + ["healthy"]}
-    tail = {n: hashlib.sha256(random.Random(f"{seed}/{n}").randbytes(3 * MiB + 1000)[3 * MiB:3 * MiB + 1000]).hexdigest()
+    tail = {n: hashlib.sha256(random.Random(f"{seed}/{n}").randbytes(3 * MiB + 1000)[3 * MiB:]).hexdigest()
             for n in cases + ["healthy"]}
     problems = []
     for n in cases:

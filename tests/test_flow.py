@@ -9,10 +9,8 @@ tests follow whole migrations and assert what a task sequence or an admin sees.
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -23,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from smpfs.testing import HeldFile as Held, errname
+from smpfs.testing import HeldFile as Held
+from smpfs.testing import errname
 
 # -- helpers -----------------------------------------------------------------------------
 

@@ -5,10 +5,10 @@ import errno
 import os
 import time
 
-import pytest
-
-from smpfs import api, key, retention, statestore
-from smpfs.smp import Smp
+from smpfs.crypto import keys as key
+from smpfs.lifecycle import api, retention
+from smpfs.lifecycle.smp import Smp
+from smpfs.store import statestore
 
 
 def test_owner_may_give_a_file_only_to_its_own_groups(smp):

@@ -225,7 +225,7 @@ def _deeper_than_path_max(root: str, levels: int):
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     fds = [fd]
     try:
-        for i in range(levels):
+        for _i in range(levels):
             os.mkdir("a", dir_fd=fd)
             fd = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             fds.append(fd)
@@ -364,7 +364,7 @@ def _symlinks(root: str, targets: dict):
     for name, t in targets.items():
         os.symlink(t, f"{root}/{name}")
     out = {}
-    for name, t in targets.items():
+    for name in targets:
         st = os.lstat(f"{root}/{name}")
         out[name] = {"readlink": os.readlink(f"{root}/{name}"), "islnk": stat.S_ISLNK(st.st_mode),
                      "size": st.st_size, "follow": errno_of(read, f"{root}/{name}"),

@@ -8,10 +8,22 @@ import time
 
 import pytest
 
-from smpfs import access, api, audit, folder, key, retention, statestore
-from smpfs.errors import (CaptureInProgress, Conflict, NoStorageRoom, NothingToRelease, NotFound,
-                          PermissionDenied, RestoreOnlyMode, StateDirError, UnknownComputer, UsageError)
-from smpfs.smp import Smp, resolve_state_dir
+from smpfs.crypto import keys as key
+from smpfs.errors import (
+    CaptureInProgress,
+    Conflict,
+    NoStorageRoom,
+    NotFound,
+    NothingToRelease,
+    PermissionDenied,
+    RestoreOnlyMode,
+    StateDirError,
+    UnknownComputer,
+    UsageError,
+)
+from smpfs.lifecycle import access, api, audit, folder, retention
+from smpfs.lifecycle.smp import Smp, resolve_state_dir
+from smpfs.store import statestore
 
 OLD, NEW, OTHER = 1001, 1002, 1003
 
@@ -282,7 +294,7 @@ def test_max_clients_and_retries(smp, monkeypatch):
     call(smp, 0, "folder_add", path=f["path"], max_clients=1, min_free="1MB")
     call(smp, OLD, "request_capture")
     slept = []
-    monkeypatch.setattr("smpfs.request.time.sleep", slept.append)
+    monkeypatch.setattr("smpfs.lifecycle.request.time.sleep", slept.append)
     with pytest.raises(NoStorageRoom) as e:
         call(smp, NEW, "request_capture", retries=3, retry_delay=7)
     assert e.value.exit_code == 12 and "1/1 clients" in e.value.message
@@ -299,7 +311,7 @@ def test_retry_succeeds_when_room_appears(smp, monkeypatch):
 
     def free_a_slot(_delay):        # the admin removes the association meanwhile
         call(smp, 0, "association_remove", source="PC-OLD", dest="PC-OLD", force=True)
-    monkeypatch.setattr("smpfs.request.time.sleep", free_a_slot)
+    monkeypatch.setattr("smpfs.lifecycle.request.time.sleep", free_a_slot)
     r = call(smp, NEW, "request_capture", retries=1, retry_delay=1)
     assert r["store_id"] != first["store_id"]
 

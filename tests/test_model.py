@@ -195,10 +195,11 @@ class Driver:
                         listing = sorted(os.listdir(self.p(parent)))
                     except OSError as e2:
                         listing = f"(listing failed: {e2})"
+                    pnode = self.m.lookup(parent)
+                    model_lists = sorted(self.m.nodes[pnode].children) if pnode is not None else None
                     out.append(f"attempt {attempt}: {sub!r} -> {errno.errorcode.get(e.errno)}; "
                                f"model has it: {self.m.lookup(sub) is not None}; "
-                               f"parent lists {listing!r}; model lists "
-                               f"{sorted(self.m.nodes[self.m.lookup(parent)].children) if self.m.lookup(parent) is not None else None!r}")
+                               f"parent lists {listing!r}; model lists {model_lists!r}")
                     break
             else:
                 out.append(f"attempt {attempt}: every component of the path is there now")

@@ -18,8 +18,6 @@ import time
 
 import pytest
 
-
-
 MiB = 1 << 20
 BLOCK = 1 << 20          # smpfs's content block size (chunk.BLOCK_SIZE)
 

@@ -356,7 +356,7 @@ def test_in_place_store_is_read_only_for_its_computer_after_release(smp):
 def _probe_files(paths):
     out = {}
     for p in paths:
-        out[p] = _e(lambda: os.close(os.open(p, os.O_RDONLY)))
+        out[p] = _e(lambda p=p: os.close(os.open(p, os.O_RDONLY)))
     out["listdir state"] = _e(os.listdir, os.path.dirname(paths[0]))
     return out
 
@@ -367,7 +367,7 @@ def test_state_dir_database_key_and_log_unreadable_by_others(smp):
     store = smp.request_capture(a)
     smp.as_uid(a, lambda: open(f"{store}/{SECRET_NAME}", "wb").write(b"x" * 100))
     files = []
-    for root, dirs, names in os.walk(smp.state):
+    for root, _dirs, names in os.walk(smp.state):
         for n in names:
             p = os.path.join(root, n)
             if not stat.S_ISSOCK(os.lstat(p).st_mode):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from smpfs.testing import HeldFile as Held, errname
-
-from smpfs import key as keymod
+from smpfs.crypto import keys as keymod
+from smpfs.testing import HeldFile as Held
+from smpfs.testing import errname
 
 # -- helpers -----------------------------------------------------------------------------
 

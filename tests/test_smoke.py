@@ -1,4 +1,3 @@
-import os
 
 
 def test_capture_release_restore_roundtrip(smp):

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from smpfs import chunk, key, statestore
-from smpfs.chunk import BLOCK_SIZE, CHUNK_SIZE, TAG_SIZE, BlockAuthError
+from smpfs.crypto import chunk
+from smpfs.crypto import keys as key
+from smpfs.crypto.chunk import BLOCK_SIZE, CHUNK_SIZE, TAG_SIZE, BlockAuthError
 from smpfs.errors import IntegrityError, KeyFileError
-from smpfs.statestore import ROOT, StateStore
+from smpfs.store import statestore
+from smpfs.store.statestore import ROOT, StateStore
 
 MiB = 1 << 20
 

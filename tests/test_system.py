@@ -4,13 +4,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from smpfs import mounthelper
 from smpfs.errors import UsageError
+from smpfs.mount import helper as mounthelper
 from smpfs.testing import TestSmp, _traversable_tmpdir, fuse_available
 
 pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))
@@ -43,7 +42,7 @@ def test_mount_helper_mounts_like_mount8_would(unmounted):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert smp.mounted
-    fstype = [l.split()[2] for l in open("/proc/mounts") if l.split()[1] == str(smp.mountpoint)]
+    fstype = [ln.split()[2] for ln in open("/proc/mounts") if ln.split()[1] == str(smp.mountpoint)]
     assert fstype == ["fuse.smpfs"]
     smp.umount()
     assert not smp.mounted

@@ -16,8 +16,6 @@ import stat
 
 import pytest
 
-
-
 MiB = 1 << 20
 
 

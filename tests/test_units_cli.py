@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from smpfs import cli, units
 from smpfs.errors import UsageError
 
-
 # -- units ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,expected", [

@@ -336,7 +336,7 @@ def is_mounted(path: Path) -> bool:
 
 def fusermount_u(path: Path) -> None:
     """fusermount3 -u, retried, then -uz as a last resort."""
-    for attempt in range(10):
+    for _attempt in range(10):
         if not is_mounted(path) and not _stale_mount(path):
             return
         run_root(["fusermount3", "-u", str(path)], timeout=60, check=False)
@@ -677,7 +677,6 @@ class Bench:
     # -- cases ---------------------------------------------------------
 
     def case_seq(self, t: Target, rep: int) -> None:
-        s = self.sizes
         path = t.root / f"seq-{rep}.dat"
         keep = rep == self.repeat - 1 and "iops" in self.args.cases
         with self.cleanup(path, keep):

@@ -40,7 +40,8 @@ as() { local uid="$1"; shift; setpriv --reuid "$uid" --regid "$uid" --clear-grou
 smpfs_as() {
     "$PY" - "$@" <<'EOF'
 import sys
-from smpfs import cli, control            # noqa: F401 - imported while still root
+from smpfs import cli
+from smpfs import control            # noqa: F401 - imported while still root
 from smpfs.testing import as_uid
 
 def run():

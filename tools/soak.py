@@ -26,8 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
-from smpfs.testing import SkipNoFuse, mounted  # noqa: E402
 from test_model import run_model  # noqa: E402
+
+from smpfs.testing import SkipNoFuse, mounted  # noqa: E402
 
 
 def main(argv=None) -> int:

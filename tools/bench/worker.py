@@ -35,7 +35,7 @@ def _slice(buf, index, size):
 
 
 def _small_path(root, i, dirs):
-    return os.path.join(root, "d%02d" % (i % dirs), "f%05d" % i)
+    return os.path.join(root, f"d{i % dirs:02d}", f"f{i:05d}")
 
 
 def step_small_create(root, n, dirs, size, seed):
@@ -46,7 +46,7 @@ def step_small_create(root, n, dirs, size, seed):
     t0 = time.perf_counter()
     os.mkdir(root)
     for j in range(dirs):
-        os.mkdir(os.path.join(root, "d%02d" % j))
+        os.mkdir(os.path.join(root, f"d{j:02d}"))
     for i in range(n):
         fd = os.open(_small_path(root, i, dirs),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -70,7 +70,7 @@ def step_small_durable(root, n, dirs):
         finally:
             os.close(fd)
     for j in range(dirs):
-        fd = os.open(os.path.join(root, "d%02d" % j), os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(os.path.join(root, f"d{j:02d}"), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -184,7 +184,7 @@ def step_gen_tree(dest, count, seed):
         parent, depth = rng.choice(dirs)
         if depth >= 8:
             parent, depth = dest, 0
-        path = os.path.join(parent, "%s %d" % (rng.choice(_DIR_NAMES), k))
+        path = os.path.join(parent, f"{rng.choice(_DIR_NAMES)} {k}")
         os.mkdir(path)
         dirs.append((path, depth + 1))
     total = 0
@@ -192,7 +192,7 @@ def step_gen_tree(dest, count, seed):
         size = int(rng.lognormvariate(math.log(8192), 2.0))
         size = min(max(size, 1024), 8 * MiB)
         parent, _ = rng.choice(dirs)
-        with open(os.path.join(parent, "file%05d.dat" % i), "wb") as f:
+        with open(os.path.join(parent, f"file{i:05d}.dat"), "wb") as f:
             f.write(_slice(buf, i, size))
         total += size
     return {"files": count, "dirs": len(dirs), "bytes": total}
@@ -209,5 +209,5 @@ STEPS = {
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in STEPS:
-        sys.exit("usage: worker.py {%s} ARGS..." % ",".join(STEPS))
+        sys.exit("usage: worker.py {{{}}} ARGS...".format(",".join(STEPS)))
     print(json.dumps(STEPS[sys.argv[1]](*sys.argv[2:])))

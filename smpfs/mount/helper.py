@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import SmpError, UsageError
+from ..errors import SmpError, UsageError
 
 IGNORED = {"rw", "defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser",
            "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime", "relatime",

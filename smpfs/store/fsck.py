@@ -18,8 +18,8 @@ import os
 import stat
 from pathlib import Path
 
-from .chunk import BLOCK_SIZE
-from .key import StoreKeys
+from ..crypto.chunk import BLOCK_SIZE
+from ..crypto.keys import StoreKeys
 from .statestore import ROOT, StateStore, destroy_store
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
+from ..errors import NothingToRelease
 from . import audit, retention
 from .computer import resolve_caller
-from .errors import NothingToRelease
 from .request import _result
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import IntegrityError, KeyFileError
+from ..errors import IntegrityError, KeyFileError
 
 KEY_BYTES = 32
 MASTER_KEY_FILE = "master.key"
@@ -125,7 +125,7 @@ class StoreKeys:
     meta: AESGCM = field(repr=False)
 
     @classmethod
-    def from_data_key(cls, store_id: str, data_key: bytes) -> "StoreKeys":
+    def from_data_key(cls, store_id: str, data_key: bytes) -> StoreKeys:
         return cls(store_id=bytes.fromhex(store_id),
                    content=AESGCM(_derive(data_key, b"content", 32)),
                    names=AESSIV(_derive(data_key, b"names", 64)),

@@ -13,9 +13,9 @@ import logging
 
 import trio
 
-from .statestore import StateStore
+from ..store.statestore import StateStore
 
-log = logging.getLogger("smpfs.writeback")
+log = logging.getLogger("smpfs.mount.writeback")
 
 
 class Writeback:

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import socket
 import sqlite3
 import threading
@@ -26,9 +25,11 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import key as keymod
-from .errors import KeyFileError, NotFound, StateDirError, UsageError
-from .units import parse_free
+from ..crypto import keys as keymod
+from ..errors import KeyFileError, NotFound, StateDirError, UsageError
+from ..units import parse_free
+from . import audit
+from . import folder as foldermod
 
 DEFAULT_STATE_DIR = "/var/lib/smpfs"
 DB_FILE = "smp.db"
@@ -98,10 +99,6 @@ def resolve_state_dir(opt: str | os.PathLike | None = None) -> Path:
     return Path(opt or os.environ.get("SMPFS_STATE") or DEFAULT_STATE_DIR)
 
 
-def new_share_id() -> str:
-    return secrets.token_hex(4).upper()
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     # Autocommit mode: transactions are explicit (Smp.tx), never implicit.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
@@ -133,14 +130,14 @@ class Smp:
 
     @classmethod
     def init(cls, state_dir, server: str | None = None, folder=None,
-             max_clients: int = 100, min_free: str = "500MB") -> "Smp":
+             max_clients: int = 100, min_free: str = "500MB") -> Smp:
         """Create a new SMP in ``state_dir``: database, master key, one storage folder."""
         state_dir = Path(state_dir).absolute()
         if (state_dir / DB_FILE).exists() or (state_dir / keymod.MASTER_KEY_FILE).exists():
             raise StateDirError(f"{state_dir} already holds an SMP",
                                 "use it as it is, or choose another --state directory")
         parse_free(min_free)                 # validate before creating anything
-        _check_max_clients(max_clients)
+        foldermod.check_max_clients(max_clients)
         if server:
             check_server_name(server)
         state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -152,15 +149,13 @@ class Smp:
         keymod.create_master_key(state_dir / keymod.MASTER_KEY_FILE)
         if server:
             smp.set_setting("server", server)
-        from . import folder as foldermod
         foldermod.add_folder(smp, folder or state_dir / "store",
                              max_clients=max_clients, min_free=min_free)
-        from . import audit
         audit.record(smp, os.geteuid(), "init", server=smp.setting("server"))
         return smp
 
     @classmethod
-    def open(cls, state_dir=None) -> "Smp":
+    def open(cls, state_dir=None) -> Smp:
         """Open an existing SMP; :class:`StateDirError` if there is none."""
         state_dir = resolve_state_dir(state_dir).absolute()
         db_path = state_dir / DB_FILE
@@ -338,12 +333,3 @@ def check_server_name(name) -> str:
                          "use the host name clients reach: letters, digits, '.', '-', '_', e.g. SMP01")
     return str(name).strip()
 
-
-def _check_max_clients(n) -> int:
-    try:
-        n = int(n)
-    except (TypeError, ValueError):
-        n = 0
-    if not 1 <= n <= 99999:
-        raise UsageError(f"invalid maximum clients {n}", "use 1..99999, as ConfigMgr does")
-    return n

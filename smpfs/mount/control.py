@@ -18,7 +18,7 @@ import socket
 import struct
 from pathlib import Path
 
-from . import errors
+from .. import errors
 
 SOCKET_NAME = "control.sock"
 MAX_MESSAGE = 1 << 20
@@ -144,7 +144,7 @@ async def _serve_one(conn, handler):
             reply = {"ok": False, "error": error_to_wire(e)}
         except Exception as e:  # never let one request take the daemon down
             import logging
-            logging.getLogger("smpfs.control").exception("control request failed")
+            logging.getLogger("smpfs.mount.control").exception("control request failed")
             reply = {"ok": False, "error": {"type": "SmpError", "exit_code": 1,
                                             "message": f"internal error: {type(e).__name__}: {e}"}}
         data = memoryview(json.dumps(reply, default=str).encode() + b"\n")

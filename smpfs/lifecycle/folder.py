@@ -8,13 +8,13 @@ every write (ENOSPC) that would take the folder under its minimum free space.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from pathlib import Path
 
-from .errors import Conflict, NotFound, UsageError
-from .smp import _check_max_clients, new_share_id
-from .statestore import tree_bytes
-from .units import format_size, parse_free
+from ..errors import Conflict, NotFound, UsageError
+from ..store.statestore import tree_bytes
+from ..units import format_size, parse_free
 
 
 def _abspath(path) -> Path:
@@ -23,7 +23,7 @@ def _abspath(path) -> Path:
 
 def add_folder(smp, path, max_clients: int = 100, min_free: str = "500MB") -> dict:
     """Add (or re-add) a storage folder; creates the directory (0711) if missing."""
-    max_clients = _check_max_clients(max_clients)
+    max_clients = check_max_clients(max_clients)
     min_free = str(min_free).strip()
     parse_free(min_free)                 # validate; kept as the admin wrote it
     path = _abspath(path)
@@ -128,9 +128,23 @@ def remove_folder(smp, path, force: bool = False, uid: int = 0) -> dict:
         deleted.append(retention.delete_store(smp, s, reason="folder removed", uid=uid))
     with smp.tx():
         smp.conn.execute("UPDATE folders SET removed_at=? WHERE id=?", (time.time(), row["id"]))
-    from .statestore import release_reserve
+    from ..store.statestore import release_reserve
     release_reserve(Path(row["path"]))          # nothing of smpfs's is left behind in it
     audit.record(smp, uid, "folder_remove", path=row["path"], share=row["share"],
                  stores_deleted=len(deleted))
     return {"folder": row["path"], "deleted": deleted,
             "changed_stores": [d["store_id"] for d in deleted]}
+
+
+def new_share_id() -> str:
+    return secrets.token_hex(4).upper()
+
+
+def check_max_clients(n) -> int:
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= 99999:
+        raise UsageError(f"invalid maximum clients {n}", "use 1..99999, as ConfigMgr does")
+    return n

@@ -19,7 +19,6 @@ import logging
 import logging.handlers
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -28,15 +27,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import api, control, retention
-from .errors import MountError, NotMountedError, PermissionDenied, SmpError
-from .fs import SHARE_BASE, Catalog, ShareRec, SmpOperations, StoreRec, join
-from .key import StoreKeys
-from .smp import DAEMON_FILE, Smp
-from .statestore import ROOT as STORE_ROOT, StateStore, ensure_reserve
-from .units import parse_free
+from ..crypto.keys import StoreKeys
+from ..errors import MountError, NotMountedError, PermissionDenied, SmpError
+from ..lifecycle import api, retention
+from ..lifecycle.smp import DAEMON_FILE, Smp
+from ..store.statestore import ROOT as STORE_ROOT
+from ..store.statestore import StateStore, ensure_reserve
+from ..units import parse_free
+from . import control
+from .operations import SHARE_BASE, Catalog, ShareRec, SmpOperations, StoreRec, join
 
-log = logging.getLogger("smpfs.daemon")
+log = logging.getLogger("smpfs.mount.daemon")
 
 COMMIT_EVERY = 1.0
 IDLE_CLOSE = 300.0          # a store unused this long is closed and its key dropped
@@ -68,7 +69,8 @@ def preflight(state_dir: Path, mountpoint: Path) -> Smp:
     if row is not None:
         smp.data_key(row)                              # a wrong master key -> KeyFileError
     if not os.path.exists("/dev/fuse"):
-        raise MountError("/dev/fuse does not exist", "load the fuse module (modprobe fuse) or run where FUSE is available")
+        raise MountError("/dev/fuse does not exist",
+                         "load the fuse module (modprobe fuse) or run where FUSE is available")
     if not mountpoint.exists():
         raise MountError(f"mountpoint {mountpoint} does not exist", f"create it: mkdir -p {mountpoint}")
     if not mountpoint.is_dir():
@@ -179,7 +181,8 @@ class Daemon:
             root.addHandler(h2)
 
     def run(self) -> None:
-        os.umask(0o077)          # logs, daemon.json, store files: root's only (modes that must be wider are set explicitly)
+        # logs, daemon.json, store files: root's only (modes that must be wider are set explicitly)
+        os.umask(0o077)
         try:
             self._setup_logging()
             self.smp = preflight(self.state_dir, self.mountpoint)
@@ -218,7 +221,7 @@ class Daemon:
                         os.unlink(self.state_dir / name)
                     except FileNotFoundError:
                         pass
-        from .fs import OP_COUNTS
+        from .operations import OP_COUNTS
         log.info("unmounted %s; requests served: %s", self.mountpoint,
                  ", ".join(f"{k} {v}" for k, v in OP_COUNTS.most_common()))
 
@@ -240,7 +243,7 @@ class Daemon:
     def _recover_if_dirty(self) -> None:
         row = self.smp.query_one("SELECT value FROM meta WHERE key='dirty'")
         if row and row["value"] == "1":
-            from . import fsck
+            from ..store import fsck
             log.warning("the last mount did not end cleanly: checking every store")
             report = fsck.check_smp(self.smp, repair=True)
             for line in report.get("findings", []):
@@ -378,7 +381,7 @@ class Daemon:
                 # put back the commit reserve of folders in use (a retired or
                 # emptied folder is left with nothing of ours in it)
                 folders = {str(st.path.parent) for st in self.ops.stores.values()}
-                await trio.to_thread.run_sync(lambda: [ensure_reserve(f) for f in folders if os.path.isdir(f)])
+                await trio.to_thread.run_sync(lambda fs=folders: [ensure_reserve(f) for f in fs if os.path.isdir(f)])
 
     async def _retention_timer(self) -> None:
         while True:
@@ -430,7 +433,7 @@ class Daemon:
                 raise PermissionDenied("changing the log level is for the SMP admin (root)")
             level = str(args.get("level", "")).upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                from .errors import UsageError
+                from ..errors import UsageError
                 raise UsageError(f"unknown log level {args.get('level')!r}", "use debug, info, warning or error")
             logging.getLogger("smpfs").setLevel(level)
             log.warning("log level set to %s", level)

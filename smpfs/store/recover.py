@@ -8,16 +8,13 @@ symlinks, hard links, xattrs) into OUTDIR. The store is never modified.
 """
 from __future__ import annotations
 
-import errno
 import os
-import shutil
-import sqlite3
 import stat
 from pathlib import Path
 
-from .chunk import BLOCK_SIZE
-from .errors import IntegrityError, KeyFileError, NotFound, UsageError
-from .key import StoreKeys, parse_recovery_key
+from ..crypto.chunk import BLOCK_SIZE
+from ..crypto.keys import StoreKeys, parse_recovery_key
+from ..errors import IntegrityError, KeyFileError, NotFound, UsageError
 from .statestore import ROOT, StateStore
 
 

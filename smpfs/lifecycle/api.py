@@ -14,10 +14,10 @@ from __future__ import annotations
 import inspect
 import time
 
+from ..crypto import keys as keymod
+from ..errors import NotFound, PermissionDenied, UsageError
+from ..units import parse_duration
 from . import association, audit, computer, folder, release, request, retention
-from . import key as keymod
-from .errors import NotFound, PermissionDenied, UsageError
-from .units import parse_duration
 
 
 def _need_root(smp, caller: int, command: str) -> None:

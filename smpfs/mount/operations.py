@@ -2,7 +2,7 @@
 
 It owns only what is FUSE's business: the inode-number namespace, kernel
 lookup counts, file handles, and turning ``OSError`` into ``FUSEError``.
-Who may do what is decided by :func:`smpfs.access.level` on every request
+Who may do what is decided by :func:`smpfs.lifecycle.access.level` on every request
 (``default_permissions`` is off: the kernel's dentry and attribute caches
 are shared by all uids, so a check made for one caller must never be
 reused for another; see ../shared/fuse-notes.md §4).
@@ -15,25 +15,27 @@ Inode numbers in the mount::
 """
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyfuse3
 import trio
 
-from . import access as access_mod
-from .chunk import BLOCK_SIZE
-from .statestore import ROOT as STORE_ROOT, Attr, StateStore, unlink_files
+from ..crypto.chunk import BLOCK_SIZE
+from ..lifecycle import access as access_mod
+from ..store.statestore import ROOT as STORE_ROOT
+from ..store.statestore import Attr, StateStore, unlink_files
 from .writeback import Writeback
 
 NO_BLOCKS = -1              # durable(): make the commits durable, no block files to fsync
 
-log = logging.getLogger("smpfs.fs")
+log = logging.getLogger("smpfs.mount.operations")
 
 SHIFT = 40
 STUB = 0                      # local inode of a store directory as others see it (no way in)
@@ -135,8 +137,6 @@ def _groups(pid: int) -> set[int]:
     except (OSError, ValueError):
         return set()         # reads decrypting this much or more go to a worker thread
 
-
-import collections
 
 #: Requests served, by kind (logged at unmount: what a workload costs in round trips).
 OP_COUNTS: collections.Counter = collections.Counter()

@@ -24,9 +24,9 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import UsageError
+from ..units import parse_duration
 from . import audit
-from .errors import UsageError
-from .units import parse_duration
 
 
 def policy(smp) -> int:
@@ -87,7 +87,7 @@ def delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
 
 
 def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
-    from . import statestore
+    from ..store import statestore
     store_id = store_row["store_id"]
     cur = smp.query_one("SELECT status FROM stores WHERE store_id=?", (store_id,))
     if cur and cur["status"] == "deleted":
@@ -165,7 +165,7 @@ def retire(smp, uid: int = 0) -> list[dict]:
     smp.set_setting("restore_only", "1")
     done = sweep(smp, now=0, uid=uid)        # finishes interrupted deletions only
     done += [delete_store(smp, s, reason="retired", uid=uid) for s in smp.stores()]
-    from .statestore import release_reserve
+    from ..store.statestore import release_reserve
     for f in smp.query("SELECT path FROM folders WHERE removed_at IS NULL"):
         release_reserve(Path(f["path"]))       # nothing of smpfs's is left in the folders
     smp.set_setting("retired_at", time.time())

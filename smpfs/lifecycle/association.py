@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 
+from ..errors import CaptureInProgress, Conflict, NotFound
 from . import audit, computer
-from .errors import CaptureInProgress, Conflict, NotFound
 
 UNFINISHED = ("capturing", "captured", "restoring")
 

@@ -41,9 +41,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import chunk
-from .chunk import BLOCK_SIZE
-from .key import StoreKeys
+from ..crypto import chunk
+from ..crypto.chunk import BLOCK_SIZE
+from ..crypto.keys import StoreKeys
 
 FORMAT_VERSION = 1
 ROOT = 1
@@ -51,9 +51,9 @@ NAME_MAX = 255
 COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
 DIRTY_MAX = 32 << 20               # plaintext bytes one store buffers before writing its oldest block
 DIRTY_TOTAL_MAX = 64 << 20         # ... and all open stores together (the daemon's memory stays flat)
-INLINE_MAX = 16 << 10
+INLINE_MAX = 16 << 10              # blocks this small are sealed into store.db, not a file of their own
 SPACE_RECHECK = 0.25               # seconds between statvfs() of the storage folder while writing
-SPACE_SLACK = 256 << 20            # ...and at every write within this much of the minimum free space              # blocks this small are sealed into store.db, not a file of their own
+SPACE_SLACK = 256 << 20            # ...and at every write within this much of the minimum free space
 _XATTR_VALUE = b"xv"
 _XATTR_NAME = b"xn"
 _LINK_TARGET = b"lt"

@@ -8,8 +8,8 @@ import pwd
 import re
 import time
 
+from ..errors import Conflict, PermissionDenied, UnknownComputer, UsageError
 from . import audit
-from .errors import Conflict, PermissionDenied, UnknownComputer, UsageError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 

@@ -20,9 +20,9 @@ import os
 import time
 from pathlib import Path
 
+from ..crypto import keys as keymod
+from ..errors import CaptureInProgress, Conflict, NoStorageRoom, NotFound, RestoreOnlyMode
 from . import association, audit, computer
-from . import key as keymod
-from .errors import CaptureInProgress, Conflict, NoStorageRoom, NotFound, RestoreOnlyMode
 from .folder import choose_folder
 
 
@@ -44,7 +44,7 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
     (previous capture not yet restored), NoStorageRoom (after ``retries`` more
     attempts, ``retry_delay`` seconds apart; this call then blocks that long).
     """
-    from . import statestore
+    from ..store import statestore
     comp = computer_mod.resolve_caller(smp, caller_uid, computer, "request capture")
     name = comp["name"]
     assoc = association.live_for_source(smp, name)

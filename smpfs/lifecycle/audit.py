@@ -12,7 +12,7 @@ import functools
 import json
 import time
 
-from .errors import PermissionDenied, SmpError
+from ..errors import PermissionDenied, SmpError
 
 _FORBIDDEN = ("key", "recovery_key", "data_key", "wrapped_key", "master")
 
