@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 import pytest
@@ -134,7 +135,7 @@ def test_folder_remove_needs_force_and_confirmation(smpcli, tmp_path):
 
 
 def test_non_root_without_mount_is_told_to_ask_an_admin(smpcli, monkeypatch):
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 2001)
+    monkeypatch.setattr(os, "geteuid", lambda: 2001)  # the CLI asks os itself
     r = smpcli("request", "capture")
     assert r.exit_code == 6 and "not mounted; ask an admin" in r.stderr
 

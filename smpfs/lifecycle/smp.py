@@ -251,6 +251,19 @@ class Smp:
                 "restore_only": self.restore_only,
                 "delete_after_s": self.delete_after_s}
 
+    # -- the mount's dirty flag ----------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """Set while mounted; still set after a mount that did not end cleanly
+        (the next mount checks every store first, see smpfs.store.fsck)."""
+        row = self.query_one("SELECT value FROM meta WHERE key='dirty'")
+        return row is not None and row["value"] == "1"
+
+    def set_dirty(self, dirty: bool) -> None:
+        with self.tx():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('dirty', ?)", ("1" if dirty else "0",))
+
     @property
     def restore_only(self) -> bool:
         return self.setting("restore_only") == "1"

@@ -47,7 +47,8 @@ LOG_FILE = "smpfs.log"
 
 # -- mounting from the CLI ---------------------------------------------------------
 
-def _daemon_info(state_dir: Path) -> dict | None:
+def daemon_info(state_dir: Path) -> dict | None:
+    """daemon.json of the daemon serving this SMP if that process is alive, else None."""
     try:
         info = json.loads((state_dir / DAEMON_FILE).read_text())
     except (OSError, ValueError):
@@ -78,7 +79,7 @@ def preflight(state_dir: Path, mountpoint: Path) -> Smp:
     if os.path.ismount(mountpoint):
         raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted there",
                          f"unmount it first: smpfs umount {mountpoint}")
-    info = _daemon_info(smp.state_dir)
+    info = daemon_info(smp.state_dir)
     if info:
         raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
                          "one SMP is served by one daemon; use that mount or unmount it first")
@@ -122,7 +123,7 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> None:
     """Flush, unmount and wait for the daemon to exit."""
     state_dir = Path(state_dir).absolute()
     mountpoint = Path(mountpoint).absolute()
-    info = _daemon_info(state_dir)
+    info = daemon_info(state_dir)
     if not os.path.ismount(mountpoint):
         raise NotMountedError(f"{mountpoint} is not mounted")
     r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
@@ -203,7 +204,7 @@ class Daemon:
         except Exception as e:
             self._tell_parent(f"ERROR 5 {type(e).__name__}: {e}")
             raise
-        self._set_meta("dirty", "1")
+        self.smp.set_dirty(True)
         (self.state_dir / DAEMON_FILE).write_text(json.dumps(
             {"pid": os.getpid(), "mountpoint": str(self.mountpoint), "started": time.time()}))
         log.info("mounted %s at %s", self.state_dir, self.mountpoint)
@@ -234,15 +235,10 @@ class Daemon:
                 errors += 1
                 log.exception("closing store %d failed", rowid)
         if not errors:
-            self._set_meta("dirty", "0")
-
-    def _set_meta(self, key: str, value: str) -> None:
-        with self.smp.tx():
-            self.smp.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            self.smp.set_dirty(False)
 
     def _recover_if_dirty(self) -> None:
-        row = self.smp.query_one("SELECT value FROM meta WHERE key='dirty'")
-        if row and row["value"] == "1":
+        if self.smp.dirty:
             from ..store import fsck
             log.warning("the last mount did not end cleanly: checking every store")
             report = fsck.check_smp(self.smp, repair=True)

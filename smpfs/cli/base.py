@@ -1,0 +1,175 @@
+"""The CLI's plumbing: the ``smpfs`` click group, its context, how a command
+reaches the daemon (or runs locally for root), errors, and output helpers.
+
+Command modules (setup, computers, steps, mounting, reports, recovery) register
+their commands on :data:`main`; ``smpfs/cli/__init__.py`` imports them all.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import click
+
+from ..errors import NotMountedError, SmpError
+from ..lifecycle import api
+from ..lifecycle.smp import DEFAULT_STATE_DIR, Smp, resolve_state_dir
+from ..units import format_duration, format_size
+
+# -- plumbing --------------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    state: str
+    json: bool = False
+
+
+class SmpGroup(click.Group):
+    """A click group that turns SmpError into ``smpfs: message`` + exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SmpError as e:
+            click.echo(f"smpfs: {e.message}", err=True)
+            if e.hint:
+                click.echo(f"  hint: {e.hint}", err=True)
+            sys.exit(e.exit_code)
+
+
+def state_dir() -> str:
+    """The state directory the ``smpfs`` group resolved (``--state``, $SMPFS_STATE)."""
+    return click.get_current_context().find_object(Ctx).state
+
+
+def _control_call(state: str, command: str, args: dict) -> dict:
+    """Ask the running daemon; NotMountedError if there is none."""
+    from ..mount import control
+    return control.call(state, command, args)
+
+
+def run(command: str, **args) -> dict:
+    """Run an api command: through the daemon if mounted, else locally for root."""
+    obj: Ctx = click.get_current_context().find_object(Ctx)
+    args = {k: v for k, v in args.items() if v is not None}
+    try:
+        return _control_call(obj.state, command, args)
+    except NotMountedError:
+        if os.geteuid() != 0:
+            raise NotMountedError("the SMP is not mounted; ask an admin",
+                                  "only root can use an SMP that is not mounted (smpfs mount)")
+    smp = Smp.open(obj.state)
+    try:
+        return api.dispatch(smp, 0, command, args)
+    finally:
+        smp.close()
+
+
+# -- output ------------------------------------------------------------------------
+
+def want_json(local: bool = False) -> bool:
+    obj = click.get_current_context().find_object(Ctx)
+    return local or (obj is not None and obj.json)
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def when(ts) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: list[list], header: list[str]) -> None:
+    rows = [[("-" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=False)).rstrip())
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+
+
+class Progress:
+    """One self-overwriting status line on a terminal (stderr); silent when piped."""
+
+    def __init__(self, every: float = 0.2):
+        self.tty = sys.stderr.isatty()
+        self.every = every
+        self.last = 0.0
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if not self.tty or time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        click.echo(f"\r\033[K{text}", err=True, nl=False)
+        self.shown = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.shown:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+def print_settings(s: dict) -> None:
+    """The SMP settings (``smpfs config``, ``smpfs status``)."""
+    keep = s["delete_after_s"]
+    click.echo(f"server:        {s['server']}")
+    click.echo(f"restore-only:  {'on' if s['restore_only'] else 'off'}")
+    deletion = "immediately" if keep == 0 else format_duration(keep)
+    click.echo(f"deletion:      {deletion} after restore")
+
+
+def print_folders(folders: list[dict]) -> None:
+    """The storage folder table (``smpfs folder list``, ``smpfs status``)."""
+    table([[f["path"], f["share_name"], f"{f['clients']}/{f['max_clients']}",
+            format_size(f["used_bytes"]) if f.get("used_bytes") is not None else None,
+            format_size(f["free_bytes"]) if f.get("free_bytes") is not None else None,
+            f["min_free"], "yes" if f["has_room"] else "no: " + ", ".join(f["full_reasons"])]
+           for f in folders],
+          ["path", "share", "clients", "used", "free", "min free", "room"])
+
+
+def print_store_path(r: dict, unc: bool, as_json: bool) -> None:
+    """A requested store's path (``smpfs request``, ``smpfs store create``)."""
+    if want_json(as_json):
+        return emit_json(r)
+    if unc:
+        click.echo(r["unc"])
+    elif r.get("path"):
+        click.echo(r["path"])
+    else:
+        click.echo("smpfs: note: the SMP is not mounted; printing the UNC path", err=True)
+        click.echo(r["unc"])
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+# -- the group ----------------------------------------------------------------------
+
+@click.group(cls=SmpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state", "state", envvar="SMPFS_STATE", default=DEFAULT_STATE_DIR, show_default=True,
+              metavar="DIR", help="SMP state directory (also $SMPFS_STATE).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON wherever a command has output.")
+@click.version_option(package_name="smpfs")
+@click.pass_context
+def main(ctx, state, as_json):
+    """smpfs: a Configuration Manager State Migration Point you can mount.
+
+    \b
+    Example, a side-by-side migration of PC-OLD's user state to PC-NEW:
+      smpfs init && smpfs mount /srv/smp
+      smpfs computer add PC-OLD --uid 2001; smpfs computer add PC-NEW --uid 2002
+      smpfs associate PC-OLD PC-NEW
+      (as uid 2001) smpfs request capture; ...scanstate...; smpfs release capture
+      (as uid 2002) smpfs request restore; ...loadstate...; smpfs release restore
+    """
+    ctx.obj = Ctx(state=str(resolve_state_dir(state)), json=as_json)

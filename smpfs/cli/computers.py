@@ -1,0 +1,146 @@
+"""Computers and associations: ``computer``, ``associate``, ``association``,
+and the ``store create`` shortcut."""
+from __future__ import annotations
+
+import click
+
+from .base import emit_json, json_option, main, print_store_path, run, table, want_json, when
+
+
+@main.group()
+def computer():
+    """Computers: a name mapped to the uid its migration tool runs as."""
+
+
+@computer.command("add")
+@click.argument("name")
+@click.option("--uid", required=True, help="Unix uid (or user name) the computer's tools run as.")
+@json_option
+def computer_add(name, uid, as_json):
+    """Add a computer.
+
+    \b
+    Example:
+      smpfs computer add PC-0042 --uid 2042
+    """
+    r = run("computer_add", name=name, uid=uid)
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo(f"Added computer {r['name']} (uid {r['uid']})")
+
+
+@computer.command("list")
+@json_option
+def computer_list(as_json):
+    """List computers.
+
+    \b
+    Example:
+      smpfs computer list --json
+    """
+    r = run("computer_list")
+    if want_json(as_json):
+        return emit_json(r["computers"])
+    table([[c["name"], c["uid"], when(c["created_at"])] for c in r["computers"]], ["name", "uid", "added"])
+
+
+@computer.command("remove")
+@click.argument("name")
+def computer_remove(name):
+    """Remove a computer (refused while it is in an association).
+
+    \b
+    Example:
+      smpfs computer remove PC-0042
+    """
+    r = run("computer_remove", name=name)
+    click.echo(f"Removed computer {r['name']}")
+
+
+@main.command()
+@click.argument("source")
+@click.argument("dest")
+@json_option
+def associate(source, dest, as_json):
+    """Create a side-by-side association: SOURCE's user state goes to DEST.
+
+    A computer that captures with no association gets an in-place one
+    (source = destination) automatically.
+
+    \b
+    Example:
+      smpfs associate PC-OLD PC-NEW
+    """
+    r = run("associate", source=source, dest=dest)
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo(f"Associated {r['source']} -> {r['dest']} ({r['migration_type']})")
+
+
+@main.group()
+def association():
+    """Computer associations and their migration state."""
+
+
+@association.command("list")
+@click.option("--all", "all_", is_flag=True, help="Include removed associations.")
+@json_option
+def association_list(all_, as_json):
+    """List associations with their store's status and times.
+
+    \b
+    Example:
+      smpfs association list
+    """
+    r = run("association_list", all=all_ or None)
+    if want_json(as_json):
+        return emit_json(r["associations"])
+    table([[a["source"], a["dest"], a["migration_type"], a["status"],
+            (a.get("store_id") or "")[:12] or None, when(a.get("created_at")),
+            when(a.get("delete_at")) if a.get("delete_at") else None]
+           for a in r["associations"]],
+          ["source", "dest", "type", "status", "store", "created", "delete at"])
+
+
+@association.command("remove")
+@click.argument("source")
+@click.argument("dest")
+@click.option("--force", is_flag=True, help="Also while a migration is unfinished; its data is deleted.")
+def association_remove(source, dest, force):
+    """Remove an association; its stores are deleted (crypto-shredded).
+
+    Refused while its store is capturing or not yet restored, unless --force.
+
+    \b
+    Example:
+      smpfs association remove PC-OLD PC-NEW --force
+    """
+    r = run("association_remove", source=source, dest=dest, force=force or None)
+    click.echo(f"Removed association {r['source']} -> {r['dest']}"
+               + (f"; deleted {len(r['deleted'])} store(s)" if r["deleted"] else ""))
+
+
+@main.group()
+def store():
+    """Admin shortcuts on state stores."""
+
+
+@store.command("create")
+@click.option("--uid", type=int, required=True, help="The uid that will write the store (its computer).")
+@click.option("--computer", help="Computer name (default UID<uid>); added if unknown.")
+@click.option("--unc", is_flag=True, help="Print the UNC path.")
+@json_option
+def store_create(uid, computer, unc, as_json):
+    """Create a state store in capture state for UID and print its path.
+
+    A shortcut for `computer add` + `request capture` (in-place).
+
+    \b
+    Example:
+      smpfs store create --uid 2001
+    """
+    name = computer or f"UID{uid}"
+    known = {c["name"].upper(): c for c in run("computer_list").get("computers", [])}
+    if name.upper() not in known:
+        run("computer_add", name=name, uid=uid)
+    print_store_path(run("request_capture", computer=name), unc, as_json)

@@ -1,0 +1,148 @@
+"""Keys, repair and the end of data: ``key show``, ``recover``, ``fsck``,
+``retention run`` and ``retire``."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..errors import IntegrityError, MountError
+from ..lifecycle.smp import Smp
+from ..units import format_size
+from .base import Progress, emit_json, json_option, main, run, state_dir, want_json, when
+
+
+@main.group()
+def key():
+    """Recovery keys (root only; every view is audited)."""
+
+
+@key.command("show")
+@click.argument("source")
+@json_option
+def key_show(source, as_json):
+    """Show the recovery key of SOURCE's state store.
+
+    \b
+    Example:
+      smpfs key show PC-OLD
+      smpfs recover --key 0A1B2C3D-... /srv/smpstore/<id> /tmp/out
+    """
+    r = run("key_show", source=source)
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo(f"computer:     {r['computer']} -> {r['dest']} ({r['status']})")
+    click.echo(f"store:        {r['store_path']}")
+    click.echo(f"recovery key: {r['recovery_key']}")
+    click.echo(f"open it with: smpfs recover --key KEY {r['store_path']} OUTDIR")
+
+
+@main.command()
+@click.option("--key", "key_text", required=True, help="The recovery key (smpfs key show SOURCE).")
+@click.argument("store_path", type=click.Path(exists=True, file_okay=False))
+@click.argument("outdir", type=click.Path(file_okay=False))
+@json_option
+def recover(key_text, store_path, outdir, as_json):
+    """Decrypt one state store from its storage folder into OUTDIR, with only its key.
+
+    For the day the SMP is gone: needs no state dir, no master key, no mount.
+
+    \b
+    Example:
+      smpfs recover --key 1A2B3C4D-... /srv/smpstore/<64 hex id> /tmp/restored
+    """
+    from ..lifecycle import recovery
+    with Progress() as bar:
+        stats = recovery.recover(state_dir(), os.geteuid(), key_text, store_path, outdir,
+                                 progress=lambda s: bar.show(
+                                     f"recovered {s['files']} file(s), {format_size(s['bytes'])}"))
+    if want_json(as_json):
+        return emit_json(stats)
+    for e in stats["errors"]:
+        click.echo(f"smpfs: {e}", err=True)
+    click.echo(f"recovered {stats['files']} file(s), {stats['dirs']} dir(s), {stats['links']} hard link(s), "
+               f"{format_size(stats['bytes'])} into {outdir}")
+
+
+@main.command()
+@click.option("--no-repair", is_flag=True, help="Only report; change nothing.")
+@json_option
+@click.pass_obj
+def fsck(obj, no_repair, as_json):
+    """Check every state store for what a crash can leave behind, and repair it.
+
+    Runs by itself when a mount follows one that did not end cleanly.
+    Refused while the SMP is mounted.
+
+    \b
+    Example:
+      smpfs fsck
+    """
+    from pathlib import Path
+
+    from ..mount.daemon import daemon_info
+    from ..store import fsck as fsck_mod
+    if daemon_info(Path(obj.state)):
+        raise MountError("the SMP is mounted; unmount it before running fsck")
+    smp = Smp.open(obj.state)
+    try:
+        with Progress() as bar:
+            report = fsck_mod.check_smp(smp, repair=not no_repair,
+                                        progress=lambda i, n, sid: bar.show(f"checking store {i + 1}/{n} {sid[:12]}…"))
+        if not no_repair:
+            smp.set_dirty(False)
+    finally:
+        smp.close()
+    if want_json(as_json):
+        emit_json(report)
+    else:
+        for line in report["findings"]:
+            click.echo(line)
+        click.echo(f"{report['stores']} store(s) checked, {len(report['findings'])} finding(s), "
+                   f"{report['unrepairable']} unrepairable")
+    if report["unrepairable"]:
+        raise IntegrityError(f"{report['unrepairable']} problem(s) could not be repaired")
+
+
+@main.group()
+def retention():
+    """The retention timer: deletion of restored stores."""
+
+
+@retention.command("run")
+@click.option("--at", "at", metavar="TIME", help="Sweep as if it were TIME: +8d, +12h or ISO 2025-06-01T12:00.")
+@json_option
+def retention_run(at, as_json):
+    """Delete every store whose deadline has passed (now, or --at TIME).
+
+    \b
+    Example:
+      smpfs retention run --at +8d
+    """
+    r = run("retention_run", at=at)
+    if want_json(as_json):
+        return emit_json(r)
+    for d in r["deleted"]:
+        click.echo(f"deleted {d['store_id'][:12]}… ({d.get('source')} -> {d.get('dest')}, "
+                   f"{d['reason']}), freed {format_size(d['bytes_freed'])}")
+    click.echo(f"{len(r['deleted'])} store(s) deleted; next deadline: {when(r['next_deadline'])}")
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def retire(yes, as_json):
+    """Retire the SMP: delete every state store for good and refuse new captures.
+
+    \b
+    Example:
+      smpfs retire --yes
+    """
+    if not yes:
+        click.confirm("Delete every state store of this SMP for good?", abort=True)
+    r = run("retire")
+    if want_json(as_json):
+        return emit_json(r)
+    freed = sum(d.get("bytes_freed", 0) for d in r["deleted"])
+    click.echo(f"Retired: {len(r['deleted'])} store(s) deleted, {format_size(freed)} freed; "
+               "restore-only mode is on")

@@ -1,0 +1,90 @@
+"""The migration steps a task sequence takes: Request and Release State Store,
+for capture and for restore."""
+from __future__ import annotations
+
+import click
+
+from .base import emit_json, json_option, main, print_store_path, run, want_json, when
+
+
+@main.group()
+def request():
+    """Request State Store (capture or restore); prints the store's path."""
+
+
+@request.command("capture")
+@click.argument("computer", required=False)
+@click.option("--retries", type=click.IntRange(0, 600), default=0, show_default=True,
+              help="Retry this many times when no storage folder has room.")
+@click.option("--retry-delay", type=click.FloatRange(0, 86400), default=0, show_default=True,
+              help="Seconds between retries.")
+@click.option("--unc", is_flag=True, help=r"Print the UNC path (\\SERVER\SMPSTORED_...$\ID).")
+@json_option
+def request_capture(computer, retries, retry_delay, unc, as_json):
+    """Create the state store for a capture and print its path (OSDStateStorePath).
+
+    Non-root callers act for the computer mapped to their uid (COMPUTER is
+    optional); root names the computer. A repeated request while the capture
+    is unreleased returns the same store.
+
+    \b
+    Example (in a task sequence, as the computer's uid):
+      OSDStateStorePath=$(smpfs request capture --retries 3 --retry-delay 60)
+    """
+    r = run("request_capture", computer=computer, retries=retries or None, retry_delay=retry_delay or None)
+    print_store_path(r, unc, as_json)
+
+
+@request.command("restore")
+@click.argument("computer", required=False)
+@click.option("--unc", is_flag=True, help="Print the UNC path.")
+@json_option
+def request_restore(computer, unc, as_json):
+    """Find the store whose destination is this computer and print its path.
+
+    \b
+    Example:
+      OSDStateStorePath=$(smpfs request restore)
+    """
+    r = run("request_restore", computer=computer)
+    print_store_path(r, unc, as_json)
+
+
+@main.group()
+def release():
+    """Release State Store (after capture or after restore)."""
+
+
+@release.command("capture")
+@click.argument("computer", required=False)
+@json_option
+def release_capture(computer, as_json):
+    """Capture done: the store becomes read-only, for the destination only.
+
+    \b
+    Example:
+      smpfs release capture
+    """
+    r = run("release_capture", computer=computer)
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo(f"Released capture of {r['computer']}: store {r['store_id'][:12]}… is ready for restore")
+
+
+@release.command("restore")
+@click.argument("computer", required=False)
+@json_option
+def release_restore(computer, as_json):
+    """Restore done: starts the retention timer (or deletes now, per policy).
+
+    \b
+    Example:
+      smpfs release restore
+    """
+    r = run("release_restore", computer=computer)
+    if want_json(as_json):
+        return emit_json(r)
+    if r.get("deleted"):
+        click.echo(f"Released restore of {r['computer']}: store deleted (policy: delete immediately)")
+    else:
+        click.echo(f"Released restore of {r['computer']}: store kept until {when(r['delete_at'])}")
