@@ -8,7 +8,7 @@ import time
 from smpfs.crypto import keys as key
 from smpfs.lifecycle import api, retention
 from smpfs.lifecycle.smp import Smp
-from smpfs.store import statestore
+from smpfs.store import counter, layout, statestore
 
 
 def test_owner_may_give_a_file_only_to_its_own_groups(smp):
@@ -35,24 +35,24 @@ def test_rolled_back_counter_files_cannot_make_nonces_repeat(tmp_path):
     keeps every later counter above every one already used."""
     sid = os.urandom(32).hex()
     keys = key.StoreKeys.from_data_key(sid, key.new_data_key())
-    path = statestore.create_store(tmp_path, sid, keys, 1000)
+    path = layout.create_store(tmp_path, sid, keys, 1000)
     saved_db = (path / "store.db").read_bytes()
     recorded = []
     st = statestore.StateStore(path, keys, on_reserve=recorded.append)
-    ino = st.mknode(statestore.ROOT, b"f", 0o100644, 1000, 1000).ino
+    ino = st.mknode(layout.ROOT, b"f", 0o100644, 1000, 1000).ino
     st.write(ino, 0, b"x" * 100)
     st.flush_inode(ino)
     used = st.db.execute("SELECT counter FROM blocks").fetchone()[0]
     st.close()
     assert recorded and recorded[-1] >= used
     # roll the store's own records back to before anything was written
-    os.unlink(path / statestore.COUNTER_FILE)
+    os.unlink(path / counter.COUNTER_FILE)
     for suffix in ("-wal", "-shm"):
         if (path / f"store.db{suffix}").exists():
             os.unlink(path / f"store.db{suffix}")
     (path / "store.db").write_bytes(saved_db)
     st = statestore.StateStore(path, keys, min_counter=recorded[-1])
-    ino = st.mknode(statestore.ROOT, b"g", 0o100644, 1000, 1000).ino
+    ino = st.mknode(layout.ROOT, b"g", 0o100644, 1000, 1000).ino
     st.write(ino, 0, b"y" * 100)
     st.flush_inode(ino)
     assert st.db.execute("SELECT counter FROM blocks").fetchone()[0] > recorded[-1] >= used

@@ -23,7 +23,7 @@ from smpfs.errors import (
 )
 from smpfs.lifecycle import access, api, audit, folder, retention
 from smpfs.lifecycle.smp import Smp, resolve_state_dir
-from smpfs.store import statestore
+from smpfs.store import layout, reserve
 
 OLD, NEW, OTHER = 1001, 1002, 1003
 
@@ -323,7 +323,7 @@ def test_folder_remove_refused_then_forced(smp, tmp_path):
     with pytest.raises(Conflict) as e:
         call(smp, 0, "folder_remove", path=path)
     assert e.value.exit_code == 16
-    assert statestore.RESERVE_FILE in os.listdir(path)     # the commit reserve, made with the store
+    assert reserve.RESERVE_FILE in os.listdir(path)     # the commit reserve, made with the store
     out = call(smp, 0, "folder_remove", path=path, force=True)
     assert out["changed_stores"] == [r["store_id"]]
     assert os.listdir(path) == []                          # nothing of smpfs is left behind
@@ -421,7 +421,7 @@ def test_sweep_resumes_interrupted_deletion(smp, monkeypatch):
 
     def crash(folder_path, store_id):
         raise KeyboardInterrupt("power cut")
-    monkeypatch.setattr(statestore, "destroy_store", crash)
+    monkeypatch.setattr(layout, "destroy_store", crash)
     with pytest.raises(KeyboardInterrupt):
         retention.sweep(smp, now=time.time() + 2 * 86400)
     s = row(smp, sid)
@@ -472,7 +472,7 @@ def test_retire_deletes_everything(smp):
 def test_create_store_failure_leaves_nothing(smp, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(statestore, "create_store", boom)
+    monkeypatch.setattr(layout, "create_store", boom)
     with pytest.raises(OSError):
         call(smp, OLD, "request_capture")
     assert smp.query_one("SELECT COUNT(*) AS n FROM stores")["n"] == 0
@@ -547,4 +547,4 @@ def test_concurrent_capture_requests_get_one_store(smp, in_place):
         t.join()
     assert not errors and len(set(results)) == 1
     assert smp.query_one("SELECT COUNT(*) AS n FROM stores")["n"] == 1
-    assert len([n for n in os.listdir(smp.state_dir / "store") if n != statestore.RESERVE_FILE]) == 1
+    assert len([n for n in os.listdir(smp.state_dir / "store") if n != reserve.RESERVE_FILE]) == 1

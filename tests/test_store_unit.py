@@ -21,8 +21,9 @@ from smpfs.crypto import chunk
 from smpfs.crypto import keys as key
 from smpfs.crypto.chunk import BLOCK_SIZE, CHUNK_SIZE, TAG_SIZE, BlockAuthError
 from smpfs.errors import IntegrityError, KeyFileError
-from smpfs.store import statestore
-from smpfs.store.statestore import ROOT, StateStore
+from smpfs.store import counter, layout
+from smpfs.store.layout import ROOT
+from smpfs.store.statestore import StateStore
 
 MiB = 1 << 20
 
@@ -32,7 +33,7 @@ def new_store(tmp_path):
     """A fresh store; returns (path, keys)."""
     sid = os.urandom(32).hex()
     keys = key.StoreKeys.from_data_key(sid, key.new_data_key())
-    path = statestore.create_store(tmp_path, sid, keys, owner_uid=1000)
+    path = layout.create_store(tmp_path, sid, keys, owner_uid=1000)
     return path, keys
 
 
@@ -152,7 +153,7 @@ def test_damaged_counter_file_refuses_to_open(new_store):
     st = _open(path, keys)
     st.write(_new_file(st, b"f"), 0, os.urandom(BLOCK_SIZE))
     st.close()
-    (path / statestore.COUNTER_FILE).write_text("garbage\n")
+    (path / counter.COUNTER_FILE).write_text("garbage\n")
     with pytest.raises(OSError) as e:
         _open(path, keys)
     assert e.value.errno == errno.EIO
@@ -169,7 +170,7 @@ def test_lost_counter_file_never_restarts_the_counter(new_store):
     st.write(ino, 0, os.urandom(BLOCK_SIZE))      # supersede: counter 1's file goes at the sync
     st.write(ino, 0, data)
     st.close()
-    (path / statestore.COUNTER_FILE).unlink()
+    (path / counter.COUNTER_FILE).unlink()
     st = _open(path, keys)
     assert st.read(ino, 0, BLOCK_SIZE) == data
     with pytest.raises(OSError) as e:
@@ -350,11 +351,11 @@ def test_master_key_file(tmp_path):
 # -- names and the store's content --------------------------------------------------------
 
 def test_check_name():
-    statestore.check_name(b"n" * 255)
+    layout.check_name(b"n" * 255)
     for bad, code in [(b"n" * 256, errno.ENAMETOOLONG), (b"a/b", errno.EINVAL), (b"a\0b", errno.EINVAL),
                       (b"", errno.EINVAL)]:
         with pytest.raises(OSError) as e:
-            statestore.check_name(bad)
+            layout.check_name(bad)
         assert e.value.errno == code, bad
 
 

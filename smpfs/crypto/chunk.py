@@ -7,7 +7,7 @@ AES-256-GCM and followed by its 16-byte tag, so a 4 KiB random read
 decrypts 64 KiB, not a whole MiB.
 
 Nonces: every time a block is written it gets a fresh **counter** from the
-store (see ``statestore``: a persisted high-water mark makes counters
+store (see ``smpfs.store.counter``: a persisted high-water mark makes counters
 unique across restarts and crashes). The nonce of chunk *i* is
 ``counter (8 bytes) || i (4 bytes)``, so no nonce repeats under one key,
 rewrites of the same block included.

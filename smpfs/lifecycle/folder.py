@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import Conflict, NotFound, UsageError
-from ..store.statestore import tree_bytes
+from ..store.layout import tree_bytes
 from ..units import format_size, parse_free
 
 
@@ -128,7 +128,7 @@ def remove_folder(smp, path, force: bool = False, uid: int = 0) -> dict:
         deleted.append(retention.delete_store(smp, s, reason="folder removed", uid=uid))
     with smp.tx():
         smp.conn.execute("UPDATE folders SET removed_at=? WHERE id=?", (time.time(), row["id"]))
-    from ..store.statestore import release_reserve
+    from ..store.reserve import release_reserve
     release_reserve(Path(row["path"]))          # nothing of smpfs's is left behind in it
     audit.record(smp, uid, "folder_remove", path=row["path"], share=row["share"],
                  stores_deleted=len(deleted))

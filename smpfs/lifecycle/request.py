@@ -44,7 +44,7 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
     (previous capture not yet restored), NoStorageRoom (after ``retries`` more
     attempts, ``retry_delay`` seconds apart; this call then blocks that long).
     """
-    from ..store import statestore
+    from ..store import layout
     comp = computer_mod.resolve_caller(smp, caller_uid, computer, "request capture")
     name = comp["name"]
     assoc = association.live_for_source(smp, name)
@@ -95,11 +95,11 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
             "wrapped_key, created_at) VALUES (?,?,?,?,?,?,?,?)",
             (store_id, assoc["id"], folder["id"], "capturing", comp["uid"], dest["uid"], wrapped, now))
         try:
-            statestore.create_store(Path(folder["path"]), store_id,
+            layout.create_store(Path(folder["path"]), store_id,
                                     keymod.StoreKeys.from_data_key(store_id, data_key), comp["uid"])
         except BaseException:
             try:   # leave no half-created store behind
-                statestore.destroy_store(Path(folder["path"]), store_id)
+                layout.destroy_store(Path(folder["path"]), store_id)
             except Exception:
                 pass
             raise

@@ -14,7 +14,7 @@
      (from here on the store is gone from the mount and its blocks can never
      be decrypted again, backups included; ``secure_delete`` zeroes the bytes);
   2. ``wal_checkpoint(TRUNCATE)`` so no old copy of the key stays in the WAL;
-  3. ``statestore.destroy_store`` removes the blocks and metadata (idempotent);
+  3. ``layout.destroy_store`` removes the blocks and metadata (idempotent);
   4. ``status = 'deleted'``, ``deleted_at``, ``bytes_freed``; audited.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
 
 
 def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
-    from ..store import statestore
+    from ..store import layout
     store_id = store_row["store_id"]
     cur = smp.query_one("SELECT status FROM stores WHERE store_id=?", (store_id,))
     if cur and cur["status"] == "deleted":
@@ -98,12 +98,12 @@ def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     # what the store takes is measured before anything goes, so a deletion a
     # crash interrupted still reports everything it freed when it is resumed
     live = folder_path / store_id
-    size = statestore.tree_bytes(live) if live.exists() else None
+    size = layout.tree_bytes(live) if live.exists() else None
     with smp.tx():
         smp.conn.execute("UPDATE stores SET wrapped_key=NULL, status='deleting', "
                          "bytes_freed=coalesce(?, bytes_freed) WHERE store_id=?", (size, store_id))
     checkpoint = _checkpoint(smp)
-    freed = int(statestore.destroy_store(folder_path, store_id) or 0)
+    freed = int(layout.destroy_store(folder_path, store_id) or 0)
     recorded = smp.query_one("SELECT bytes_freed FROM stores WHERE store_id=?", (store_id,))
     freed = max(freed, int((recorded or {}).get("bytes_freed") or 0))
     now = time.time()
@@ -165,7 +165,7 @@ def retire(smp, uid: int = 0) -> list[dict]:
     smp.set_setting("restore_only", "1")
     done = sweep(smp, now=0, uid=uid)        # finishes interrupted deletions only
     done += [delete_store(smp, s, reason="retired", uid=uid) for s in smp.stores()]
-    from ..store.statestore import release_reserve
+    from ..store.reserve import release_reserve
     for f in smp.query("SELECT path FROM folders WHERE removed_at IS NULL"):
         release_reserve(Path(f["path"]))       # nothing of smpfs's is left in the folders
     smp.set_setting("retired_at", time.time())

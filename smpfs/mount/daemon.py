@@ -31,8 +31,9 @@ from ..crypto.keys import StoreKeys
 from ..errors import MountError, NotMountedError, PermissionDenied, SmpError
 from ..lifecycle import api, retention
 from ..lifecycle.smp import DAEMON_FILE, Smp
-from ..store.statestore import ROOT as STORE_ROOT
-from ..store.statestore import StateStore, ensure_reserve
+from ..store.layout import ROOT as STORE_ROOT
+from ..store.reserve import ensure_reserve
+from ..store.statestore import StateStore
 from ..units import parse_free
 from . import control
 from .operations import SHARE_BASE, Catalog, ShareRec, SmpOperations, StoreRec, join

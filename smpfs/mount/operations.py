@@ -29,8 +29,10 @@ import trio
 
 from ..crypto.chunk import BLOCK_SIZE
 from ..lifecycle import access as access_mod
-from ..store.statestore import ROOT as STORE_ROOT
-from ..store.statestore import Attr, StateStore, unlink_files
+from ..store.diskio import unlink_files
+from ..store.layout import ROOT as STORE_ROOT
+from ..store.layout import Attr
+from ..store.statestore import StateStore
 from .writeback import Writeback
 
 NO_BLOCKS = -1              # durable(): make the commits durable, no block files to fsync

@@ -20,14 +20,15 @@ from pathlib import Path
 
 from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import StoreKeys
-from .statestore import ROOT, StateStore, destroy_store
+from .layout import ROOT, destroy_store
+from .statestore import StateStore
 
 
 def check_store(st: StateStore, repair: bool = True) -> dict:
     db = st.db
     found: dict[str, list] = {"orphan_blocks": [], "missing_blocks": [], "orphan_inodes": [],
                               "dangling_entries": [], "link_counts": [], "past_eof_blocks": []}
-    st._w()
+    st.begin_change()
     # names pointing nowhere
     for (did, ino) in db.execute("SELECT d.id, d.ino FROM dentries d LEFT JOIN inodes i ON i.ino=d.ino"
                                  " WHERE i.ino IS NULL").fetchall():
@@ -58,13 +59,13 @@ def check_store(st: StateStore, repair: bool = True) -> dict:
                                  (BLOCK_SIZE,)).fetchall():
         found["past_eof_blocks"].append((ino, blkno))
         if repair:
-            st._superseded.extend(r[0] for r in db.execute(
+            st.supersede(r[0] for r in db.execute(
                 "SELECT counter FROM blocks WHERE ino=? AND blkno=? AND data IS NULL", (ino, blkno)))
             db.execute("DELETE FROM blocks WHERE ino=? AND blkno=?", (ino, blkno))
     st.commit()
     # block files vs the block map
     referenced = {r[0] for r in db.execute("SELECT counter FROM blocks WHERE data IS NULL")}
-    pending = set(st._superseded)
+    pending = st.pending_unlinks()
     on_disk = set()
     bdir = st.path / "b"
     for sub in os.listdir(bdir):
@@ -77,7 +78,7 @@ def check_store(st: StateStore, repair: bool = True) -> dict:
     for ctr in sorted(on_disk - referenced - pending):
         found["orphan_blocks"].append(ctr)
         if repair:
-            os.unlink(st._block_path(ctr))
+            os.unlink(st.block_path(ctr))
     for ctr in sorted(referenced - on_disk):
         found["missing_blocks"].append(ctr)
     st.sync()

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import StoreKeys, parse_recovery_key
 from ..errors import IntegrityError, KeyFileError, NotFound, UsageError
-from .statestore import ROOT, StateStore
+from .layout import ROOT
+from .statestore import StateStore
 
 
 def recover(key_text: str, store_path, outdir, progress=None) -> dict:

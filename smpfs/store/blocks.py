@@ -1,0 +1,483 @@
+"""File content: blocks sealed copy-on-write, the dirty-block buffer, reads.
+
+A rewritten block goes to a new file named by a fresh counter; the superseded
+file is only unlinked after a *durable* commit (see statestore.py), so a crash
+leaves either the old or the new version. Blocks of at most ``INLINE_MAX``
+bytes are sealed into store.db instead. Writes are buffered per block; a
+store writes its oldest dirty block when it holds more than ``DIRTY_MAX``
+bytes, or when every store sharing its :class:`DirtyBudget` together does.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+import weakref
+from collections import OrderedDict
+
+from ..crypto import chunk
+from ..crypto.chunk import BLOCK_SIZE
+from .layout import err
+
+DIRTY_MAX = 32 << 20               # plaintext bytes one store buffers before writing its oldest block
+DIRTY_TOTAL_MAX = 64 << 20         # ... and all open stores together (the daemon's memory stays flat)
+INLINE_MAX = 16 << 10              # blocks this small are sealed into store.db, not a file of their own
+SPACE_RECHECK = 0.25               # seconds between statvfs() of the storage folder while writing
+SPACE_SLACK = 256 << 20            # ...and at every write within this much of the minimum free space
+
+
+class _Dirty:
+    """A block being modified in memory: its whole plaintext."""
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytearray):
+        self.data = data
+
+
+class BlockJob:
+    """One block on its way to disk: sealed and written by :meth:`run` (any
+    thread: pure crypto and file I/O), then recorded by
+    :meth:`StateStore.finish_block` (the store's thread)."""
+    __slots__ = ("store", "ino", "blkno", "counter", "data")
+
+    def __init__(self, store, ino, blkno, counter, data):
+        self.store, self.ino, self.blkno, self.counter, self.data = store, ino, blkno, counter, data
+
+    def run(self) -> None:
+        st = self.store
+        sealed = chunk.encrypt_block(st.keys.content, st.sid, self.ino, self.blkno, self.counter, self.data)
+        write_block_file(st.block_path(self.counter), sealed)
+
+
+class ReadPart:
+    """A piece of a read served from a stored block: see :meth:`StateStore.fetch`."""
+    __slots__ = ("ino", "blkno", "counter", "length", "first", "last", "start", "n")
+
+    def __init__(self, ino, blkno, counter, length, first, last, start, n):
+        self.ino, self.blkno, self.counter, self.length = ino, blkno, counter, length
+        self.first, self.last, self.start, self.n = first, last, start, n
+
+
+class DirtyBudget:
+    """The plaintext bytes buffered by every open store that shares this budget
+    (by default all stores of the process: the daemon's memory stays flat)."""
+
+    def __init__(self, limit: int = DIRTY_TOTAL_MAX):
+        self.limit = limit
+        self._stores = weakref.WeakSet()
+
+    def add(self, store) -> None:
+        self._stores.add(store)
+
+    def total(self) -> int:
+        return sum(st._dirty_bytes for st in self._stores)
+
+    def over(self) -> bool:
+        return self.total() > self.limit
+
+
+PROCESS_BUDGET = DirtyBudget()
+
+
+def write_block_file(path: str, data: bytes) -> None:
+    """Create a block file (never overwrite one: a counter is used once)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        mv = memoryview(data)
+        while mv:
+            mv = mv[os.write(fd, mv):]
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
+class BlocksMixin:
+    """Part of :class:`~smpfs.store.statestore.StateStore`: file content."""
+
+    def init_blocks(self, budget: DirtyBudget) -> None:
+        self._dirty: OrderedDict[tuple[int, int], _Dirty] = OrderedDict()
+        self._dirty_bytes = 0
+        self._unsynced: dict[int, set[int]] = {}      # ino -> counters written since its last fsync
+        self._unsynced_all: set[int] = set()           # counters written since the last durable point
+        self._superseded: list[int] = []               # block files to unlink after a durable commit
+        self._inflight: dict[tuple[int, int], BlockJob] = {}   # blocks being sealed elsewhere
+        self._errors: dict[int, OSError] = {}          # ino -> a write-back error to report
+        self._pins: dict[int, int] = {}                # counters a read in flight still needs
+        #: ``submit(job)`` hands a BlockJob to a worker and later calls
+        #: ``finish_block(job, error)``; None = do it inline (tools, tests, fsck).
+        self.submit = None
+        self._budget = budget
+        budget.add(self)
+        self._space = (0.0, 0)                         # (when, free bytes) of the last statvfs
+        self.blocks_written = 0
+
+    # -- what a durable point (statestore.py) needs to know ----------------------
+
+    def take_unsynced(self, ino: int | None) -> set[int]:
+        """Counters of block files not yet durable: the inode's (taken), or all (copied)."""
+        if ino is None:
+            return set(self._unsynced_all)
+        return self._unsynced.pop(ino, set())
+
+    def superseded_count(self) -> int:
+        return len(self._superseded)
+
+    def blocks_durable(self, counters: set[int], n_superseded: int) -> list[str]:
+        """Record ``counters`` as durable; return the paths of the first
+        ``n_superseded`` superseded block files, which may now be unlinked
+        (those a read in flight still needs stay for the next durable point)."""
+        self._unsynced_all -= counters
+        for c in counters:
+            for rest in self._unsynced.values():
+                rest.discard(c)
+        taken, self._superseded = self._superseded[:n_superseded], self._superseded[n_superseded:]
+        keep = [c for c in taken if c in self._pins]     # a read in flight still needs it
+        self._superseded[:0] = keep
+        gone = [c for c in taken if c not in self._pins]
+        return [self.block_path(c) for c in gone]
+
+    def supersede(self, counters) -> None:
+        """Block files no block-map row points to any more: unlink them after the next durable point."""
+        self._superseded.extend(counters)
+
+    def pending_unlinks(self) -> set[int]:
+        """Counters of superseded block files waiting for a durable point."""
+        return set(self._superseded)
+
+    def discard_dirty(self) -> None:
+        """Drop every buffered block (the store is being destroyed)."""
+        self._dirty.clear()
+        self._dirty_bytes = 0
+
+    def forget_blocks(self, ino: int) -> None:
+        """An inode is being freed: drop its buffered blocks and its block map."""
+        for key in [k for k in self._dirty if k[0] == ino]:
+            self._dirty_bytes -= len(self._dirty.pop(key).data)
+        self._superseded.extend(r[0] for r in self.db.execute(
+            "SELECT counter FROM blocks WHERE ino=? AND data IS NULL", (ino,)))
+        self.db.execute("DELETE FROM blocks WHERE ino=?", (ino,))
+        self._unsynced.pop(ino, None)
+
+    def block_path(self, counter: int) -> str:
+        return f"{self.path}/b/{counter & 0xFF:02x}/{counter:016x}"
+
+    def _block_row(self, ino: int, blkno: int):
+        return self.db.execute("SELECT counter, length, data FROM blocks WHERE ino=? AND blkno=?",
+                               (ino, blkno)).fetchone()
+
+    def _load_block(self, ino: int, blkno: int, row, first: int = 0, last: int | None = None) -> bytes:
+        """Decrypt chunks [first, last] of a stored block."""
+        counter, length, inline = row
+        if inline is not None:
+            try:
+                plain = chunk.decrypt_chunks(self.keys.content, self.sid, ino, blkno, counter, length, 0, inline)
+            except chunk.BlockAuthError as e:
+                raise err(errno.EIO, str(e))
+            return plain[first * chunk.CHUNK_SIZE:(last + 1) * chunk.CHUNK_SIZE] if last is not None \
+                else plain[first * chunk.CHUNK_SIZE:]
+        n = chunk.nchunks(length)
+        if last is None or last >= n:
+            last = n - 1
+        if first > last:
+            return b""
+        size = min(length, (last + 1) * chunk.CHUNK_SIZE) - first * chunk.CHUNK_SIZE
+        return self.fetch([ReadPart(ino, blkno, counter, length, first, last, 0, size)])
+
+    def read_plan(self, ino: int, off: int, size: int) -> list:
+        """What a read needs: bytes already in memory, or ReadParts to fetch.
+        Counters of the parts are pinned until :meth:`unpin`."""
+        fsize = self.getattr(ino).size
+        if off >= fsize or size <= 0:
+            return []
+        size = min(size, fsize - off)
+        parts: list = []
+        pos, end = off, off + size
+        while pos < end:
+            blkno, boff = divmod(pos, BLOCK_SIZE)
+            n = min(end - pos, BLOCK_SIZE - boff)
+            key = (ino, blkno)
+            mem = self._dirty.get(key) or self._inflight.get(key)
+            if mem is not None:
+                piece = bytes(mem.data[boff:boff + n])
+                parts.append(piece + bytes(n - len(piece)) if len(piece) < n else piece)
+            else:
+                row = self._block_row(ino, blkno)
+                if row is None or boff >= row[1]:
+                    parts.append(bytes(n))               # a hole, or past the block's stored end
+                elif row[2] is not None:                 # small and inline: decrypt right here
+                    piece = self._load_block(ino, blkno, row)[boff:boff + n]
+                    parts.append(piece + bytes(n - len(piece)) if len(piece) < n else piece)
+                else:
+                    first = boff // chunk.CHUNK_SIZE
+                    last = (min(boff + n, row[1]) - 1) // chunk.CHUNK_SIZE
+                    parts.append(ReadPart(ino, blkno, row[0], row[1], first, last,
+                                          boff - first * chunk.CHUNK_SIZE, n))
+                    self._pins[row[0]] = self._pins.get(row[0], 0) + 1
+            pos += n
+        return parts
+
+    def fetch(self, parts: list) -> bytes:
+        """Read and decrypt a plan's parts. Thread-safe: touches no sqlite."""
+        out = []
+        for p in parts:
+            if not isinstance(p, ReadPart):
+                out.append(p)
+                continue
+            start = chunk.chunk_offset(p.first)
+            end = chunk.chunk_offset(p.last) + min(chunk.CHUNK_SIZE, p.length - p.last * chunk.CHUNK_SIZE) \
+                + chunk.TAG_SIZE
+            try:
+                fd = os.open(self.block_path(p.counter), os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                raise err(errno.EIO, f"block file {p.counter:016x} is missing")
+            except OSError as e:                 # e.g. ELOOP: a symlink planted in its place
+                raise err(errno.EIO, f"block file {p.counter:016x} cannot be opened: {e.strerror}")
+            try:
+                if p.first == 0 and p.length > end:
+                    # a reader at the start of a block will want the rest of it:
+                    # start reading the whole block file from disk now
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                raw = os.pread(fd, end - start, start)
+            finally:
+                os.close(fd)
+            if len(raw) != end - start:              # cut short, maybe on a chunk boundary
+                raise err(errno.EIO, f"block file {p.counter:016x} is truncated")
+            try:
+                plain = chunk.decrypt_chunks(self.keys.content, self.sid, p.ino, p.blkno, p.counter,
+                                             p.length, p.first, raw)
+            except chunk.BlockAuthError as e:
+                raise err(errno.EIO, str(e))
+            piece = memoryview(plain)[p.start:p.start + p.n]
+            out.append(piece if len(piece) == p.n else bytes(piece) + bytes(p.n - len(piece)))
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def unpin(self, parts: list) -> None:
+        for p in parts:
+            if isinstance(p, ReadPart):
+                left = self._pins[p.counter] - 1
+                if left:
+                    self._pins[p.counter] = left
+                else:
+                    del self._pins[p.counter]
+
+    def read(self, ino: int, off: int, size: int) -> bytes:
+        parts = self.read_plan(ino, off, size)
+        try:
+            return bytes(self.fetch(parts))
+        finally:
+            self.unpin(parts)
+
+    def _check_space(self, nbytes: int, retry: bool = True) -> None:
+        when, free = self._space
+        now = time.monotonic()
+        floor = self.min_free_bytes()
+        if now - when > SPACE_RECHECK or free - nbytes < floor + SPACE_SLACK:
+            st = os.statvfs(self.path)
+            free = st.f_bavail * st.f_frsize
+            when = now
+        # between statvfs calls (at most SPACE_RECHECK s apart, and always near the
+        # floor) what this store wrote is subtracted from the last figure
+        self._space = (when, free - nbytes)
+        # blocks still in memory or in flight land on disk later: count them now
+        pending = self._dirty_bytes + len(self._inflight) * BLOCK_SIZE
+        if free - nbytes - pending < floor:
+            if retry and self._superseded and not self._inflight:
+                # deleted or rewritten blocks wait for a durable point to be unlinked:
+                # make it now, so space freed by rm is usable at once
+                self.sync()
+                return self._check_space(nbytes, retry=False)
+            raise err(errno.ENOSPC, "the storage folder is at its minimum free space")
+
+    def write(self, ino: int, off: int, data) -> int:
+        self.check_writable()
+        n = len(data)
+        if n == 0:
+            return 0
+        self._check_space(n + chunk.TAG_SIZE * (n // chunk.CHUNK_SIZE + 1))
+        mv = memoryview(data)
+        pos, end = off, off + n
+        self.begin_change()
+        now = time.time_ns()                         # a write changes mtime and ctime (POSIX)
+        self.db.execute("UPDATE inodes SET size=max(size, ?), mtime_ns=?, ctime_ns=? WHERE ino=?",
+                        (end, now, now, ino))
+        while pos < end:
+            blkno, boff = divmod(pos, BLOCK_SIZE)
+            k = min(end - pos, BLOCK_SIZE - boff)
+            piece = mv[pos - off:pos - off + k]
+            key = (ino, blkno)
+            d = self._dirty.get(key)
+            if d is None and boff == 0 and k == BLOCK_SIZE:
+                self._store_block(ino, blkno, piece)          # a whole block: straight out
+            else:
+                if d is None:
+                    job = self._inflight.get(key)
+                    if job is not None:
+                        base = bytearray(job.data)
+                    else:
+                        row = self._block_row(ino, blkno)
+                        base = bytearray(self._load_block(ino, blkno, row)) if row else bytearray()
+                    d = self._dirty[key] = _Dirty(base)
+                    self._dirty_bytes += len(base)
+                before = len(d.data)
+                if boff > before:
+                    d.data.extend(bytes(boff - before))
+                d.data[boff:boff + k] = piece
+                self._dirty_bytes += len(d.data) - before
+                if boff + k == BLOCK_SIZE:                    # the writer reached the block's end
+                    self._flush_block(key)
+            pos += k
+        while self._dirty and (self._dirty_bytes > DIRTY_MAX or self._budget.over()):
+            self._flush_block(next(iter(self._dirty)))
+        return n
+
+    def _flush_block(self, key) -> None:
+        d = self._dirty.pop(key)
+        self._dirty_bytes -= len(d.data)
+        try:
+            self._store_block(key[0], key[1], d.data)
+        except BaseException:
+            self._dirty[key] = d                # keep it: nothing written is lost
+            self._dirty_bytes += len(d.data)
+            raise
+
+    def _store_block(self, ino: int, blkno: int, data) -> None:
+        """Seal and write one block to a new file, then point the block map at it
+        (through ``submit`` when a worker pool is attached)."""
+        job = BlockJob(self, ino, blkno, self.counter.next(), data)
+        if len(data) <= INLINE_MAX:
+            sealed = chunk.encrypt_block(self.keys.content, self.sid, ino, blkno, job.counter, data)
+            self._record_block(job, sealed)
+            return
+        if self.submit is None:
+            try:
+                job.run()
+            except OSError as e:
+                self.finish_block(job, e)
+                raise
+            self.finish_block(job, None)
+            return
+        self._inflight[(ino, blkno)] = job
+        self.submit(job)
+
+    def finish_block(self, job: BlockJob, error: OSError | None) -> None:
+        """Record a written block in the block map (or keep its data dirty on error)."""
+        key = (job.ino, job.blkno)
+        if self._inflight.get(key) is job:
+            del self._inflight[key]
+        if self.db is None:
+            return                                   # the store was closed or destroyed meanwhile
+        row = self.db.execute("SELECT size FROM inodes WHERE ino=?", (job.ino,)).fetchone()
+        stale = row is None or job.blkno * BLOCK_SIZE >= row[0]
+        if error is not None:
+            try:
+                os.unlink(self.block_path(job.counter))
+            except OSError:
+                pass
+            if not stale and key not in self._dirty and key not in self._inflight:
+                data = bytearray(job.data)           # keep it: nothing written is lost
+                self._dirty[key] = _Dirty(data)
+                self._dirty_bytes += len(data)
+            self._errors[job.ino] = error if isinstance(error, OSError) else err(errno.EIO, str(error))
+            return
+        if stale:
+            self._superseded.append(job.counter)     # the file shrank or went meanwhile
+            return
+        self._record_block(job, None)
+
+    def _record_block(self, job: BlockJob, inline: bytes | None) -> None:
+        """Point the block map at a new version: ``inline`` ciphertext, or the job's file."""
+        old = self._block_row(job.ino, job.blkno)
+        if old is not None and old[0] > job.counter:  # a newer version won the race
+            if inline is None:
+                self._superseded.append(job.counter)
+            return
+        self.begin_change()
+        self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
+                        (job.ino, job.blkno, job.counter, len(job.data), inline))
+        if old is not None and old[2] is None:
+            self._superseded.append(old[0])
+        if inline is None:
+            self._unsynced.setdefault(job.ino, set()).add(job.counter)
+            self._unsynced_all.add(job.counter)
+        self.blocks_written += 1
+
+    def inflight(self, ino: int | None = None) -> bool:
+        if ino is None:
+            return bool(self._inflight)
+        return any(k[0] == ino for k in self._inflight)
+
+    def check_error(self, ino: int) -> None:
+        """Raise the write-back error of an inode, if any, keeping it for close()/fsync()."""
+        e = self._errors.get(ino)
+        if e is not None:
+            raise e
+
+    def take_error(self, ino: int) -> None:
+        """Raise (once) the write-back error of an inode, as close()/fsync() must."""
+        e = self._errors.pop(ino, None)
+        if e is not None:
+            raise e
+
+    def flush_inode(self, ino: int) -> None:
+        """Write this inode's dirty blocks (a close() or before an fsync)."""
+        for key in [k for k in self._dirty if k[0] == ino]:
+            self._flush_block(key)
+
+    def flush_all(self) -> None:
+        while self._dirty:
+            self._flush_block(next(iter(self._dirty)))
+
+    def fsync(self, ino: int) -> None:
+        """Return only when the inode's data and the metadata to read it back are durable."""
+        self.flush_inode(ino)
+        if self.inflight(ino):
+            raise RuntimeError("fsync with blocks in flight: drain them first")
+        self.take_error(ino)
+        work, done = self.prepare_durable(ino)
+        work()
+        done()
+
+    def truncate(self, ino: int, size: int) -> None:
+        self.check_writable()
+        if self.inflight(ino):
+            raise RuntimeError("truncate with blocks in flight: drain them first")
+        a = self.getattr(ino)
+        if size < a.size:
+            keep_blocks = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+            for key in [k for k in self._dirty if k[0] == ino and k[1] >= keep_blocks]:
+                self._dirty_bytes -= len(self._dirty.pop(key).data)
+            self.begin_change()
+            self._superseded.extend(r[0] for r in self.db.execute(
+                "SELECT counter FROM blocks WHERE ino=? AND blkno>=? AND data IS NULL", (ino, keep_blocks)))
+            self.db.execute("DELETE FROM blocks WHERE ino=? AND blkno>=?", (ino, keep_blocks))
+            tail = size % BLOCK_SIZE
+            if tail:
+                blkno = size // BLOCK_SIZE
+                key = (ino, blkno)
+                d = self._dirty.get(key)
+                if d is not None:
+                    if len(d.data) > tail:
+                        self._dirty_bytes -= len(d.data) - tail
+                        del d.data[tail:]
+                else:
+                    row = self._block_row(ino, blkno)
+                    if row is not None and row[1] > tail:
+                        data = self._load_block(ino, blkno, row)[:tail]
+                        self._store_block(ino, blkno, data)
+        now = time.time_ns()
+        self.begin_change()
+        self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE ino=?", (size, now, now, ino))
+        if stat.S_ISREG(a.mode) and a.mode & (stat.S_ISUID | stat.S_ISGID):
+            self.db.execute("UPDATE inodes SET mode=? WHERE ino=?",
+                            (a.mode & ~(stat.S_ISUID | stat.S_ISGID), ino))
+
+    def clear_suid(self, ino: int) -> None:
+        """A write by the owner clears setuid/setgid (HANDLE_KILLPRIV)."""
+        a = self.getattr(ino)
+        if stat.S_ISREG(a.mode) and a.mode & (stat.S_ISUID | stat.S_ISGID):
+            self.begin_change()
+            self.db.execute("UPDATE inodes SET mode=? WHERE ino=?",
+                            (a.mode & ~(stat.S_ISUID | stat.S_ISGID), ino))

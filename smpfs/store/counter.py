@@ -1,0 +1,71 @@
+"""Nonce counters: a high-water mark made durable before any counter under it is used.
+
+Every sealed block takes a fresh counter (its nonce, and its file name). The
+store reserves counters in ranges of ``COUNTER_RESERVE`` and records the end
+of each range in the ``counter`` file (and, through ``on_reserve``, in smp.db)
+*before* using any of it, so no counter is ever used twice, even across a crash.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from .diskio import fsync_dir
+from .layout import err
+
+COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
+
+COUNTER_FILE = "counter"
+
+
+def read_counter_file(path: Path) -> int:
+    try:
+        return int((Path(path) / COUNTER_FILE).read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError:
+        raise err(errno.EIO, f"{path}/{COUNTER_FILE} is damaged: refusing to risk reusing a nonce")
+
+
+def write_counter_file(path: Path, value: int) -> None:
+    """Durably record the counter high-water mark (write, fsync, rename, fsync dir)."""
+    tmp = Path(path) / (COUNTER_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{value}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, Path(path) / COUNTER_FILE)
+    fsync_dir(Path(path))
+
+
+class NonceCounter:
+    """A store's counter source. ``hwm``: the largest record of the high-water
+    mark; ``lost``: the record is gone although blocks were sealed (counting
+    from 0 again would reuse nonces); ``on_reserve(limit)``: durably records a
+    reservation elsewhere too (called before the counter file is written)."""
+    __slots__ = ("path", "on_reserve", "_lost", "_counter", "_limit")
+
+    def __init__(self, path: Path, hwm: int, *, lost: bool = False, on_reserve=None):
+        self.path = Path(path)
+        self.on_reserve = on_reserve
+        self._lost = lost
+        self._counter = hwm                            # never reuse anything at or under hwm
+        self._limit = hwm
+
+    def next(self) -> int:
+        if self._counter >= self._limit:
+            if self._lost:
+                raise err(errno.EIO, f"{self.path}/{COUNTER_FILE} is missing: refusing to risk reusing a nonce")
+            # Reserve a range and make the reservation durable *before* using it.
+            # It lives in its own small file, not in the batch transaction, so
+            # reserving never commits a half-done operation.
+            limit = self._counter + COUNTER_RESERVE
+            if self.on_reserve is not None:
+                self.on_reserve(limit)
+            write_counter_file(self.path, limit)
+            self._limit = limit
+        self._counter += 1
+        return self._counter
