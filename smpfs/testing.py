@@ -37,11 +37,17 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .mount.daemon import is_zombie
+from .mount.pids import is_zombie
 
 __all__ = ["Computer", "TestSmp", "mounted", "as_uid", "HeldFile", "errname", "spawn_as", "SkipNoFuse"]
 
 _uids = itertools.count(int(os.environ.get("SMPFS_TEST_UID_BASE", "61000")) + (os.getpid() % 500) * 40)
+
+
+#: Every TestSmp made in this process, in order (the test suite checks their daemon logs).
+created: list = []
+#: What in a daemon log line makes it a problem a test must expect explicitly.
+LOG_PROBLEMS = (" WARNING ", " ERROR ", " CRITICAL ")
 
 
 class SkipNoFuse(Exception):
@@ -133,6 +139,9 @@ class TestSmp:
         self.min_free = min_free
         self.max_clients = max_clients
         self.clock_offset = 0.0
+        self._log_seen = 0              # bytes of the daemon log already checked
+        self._final_log = None          # the unread rest, kept at teardown
+        created.append(self)
 
     # -- setting up and tearing down ----------------------------------------------
 
@@ -193,7 +202,36 @@ class TestSmp:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 5)
+        if self._final_log is None:
+            self._final_log = self._read_log()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _read_log(self) -> str:
+        try:
+            with open(self.state / "smpfs.log", "rb") as f:
+                f.seek(self._log_seen)
+                data = f.read()
+        except FileNotFoundError:
+            return ""
+        self._log_seen += len(data)
+        return data.decode(errors="replace")
+
+    def log_problems(self) -> list[str]:
+        """Warnings, errors and tracebacks the daemon logged since the last call
+        (the test suite fails a test on any it did not declare)."""
+        text = self._read_log() if self._final_log is None else self._final_log
+        self._final_log = "" if self._final_log is not None else None
+        out, in_tb = [], False
+        for line in text.splitlines():
+            if any(w in line for w in LOG_PROBLEMS):
+                out.append(line)
+                in_tb = False
+            elif line.startswith("Traceback"):
+                in_tb = True
+            elif in_tb and not line.startswith(" "):
+                out.append("Traceback: " + line)     # the exception a traceback ends with
+                in_tb = False
+        return out
 
     # -- the CLI -------------------------------------------------------------------
 

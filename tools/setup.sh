@@ -83,6 +83,29 @@ _smpfs_venv() {
     printf '%s\n' "$want" >"$stamp"
 }
 
+# For a user who is not root (the unit tier): a venv this user owns, made with
+# a python3 this user can execute, holding smpfs and its test dependencies.
+smpfs_user_venv() {
+    if [ -x "$SMPFS_VENV/bin/python" ] && "$SMPFS_VENV/bin/python" -c "import smpfs, pytest" 2>/dev/null; then
+        return 0
+    fi
+    local py cache="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/smpfs"
+    SMPFS_VENV="$cache/venv-$(id -u)"
+    if ! "$SMPFS_VENV/bin/python" -c 'import smpfs, pytest, cryptography' 2>/dev/null; then
+        py=/usr/bin/python3
+        [ -x "$py" ] || py="$(command -v python3)" || _smpfs_die "python3 is not on PATH"
+        _smpfs_say "creating a venv for uid $(id -u) in $SMPFS_VENV with $py"
+        mkdir -p "$cache"
+        "$py" -m venv "$SMPFS_VENV" || _smpfs_die "cannot create a venv (Debian: apt-get install python3-venv)"
+        # the unit tier needs no FUSE, and smpfs is imported from the checkout
+        # (PYTHONPATH), which this user may not be able to write to
+        "$SMPFS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            cryptography sqlite-utils click trio pytest pytest-trio hypothesis \
+            || _smpfs_die "pip install failed in $SMPFS_VENV"
+    fi
+    export PYTHONPATH="$SMPFS_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+}
+
 smpfs_setup() {
     _smpfs_apt
     _smpfs_fuse

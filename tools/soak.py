@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak test: the model-based random driver of tests/test_model.py, for as long as asked.
+"""Soak test: the model-based random driver of tests/mount/test_model.py, for as long as asked.
 
 Sets up its own SMP (``smpfs.testing.mounted()``: a temporary state dir and
 mount, always torn down) and runs rounds of :func:`run_model` -- each round a
@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "mount"))
 sys.path.insert(0, str(HERE.parent))
 
 from test_model import run_model  # noqa: E402

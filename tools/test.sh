@@ -1,21 +1,47 @@
 #!/usr/bin/env bash
 # Install what smpfs needs (if missing) and run its test suite.
 #
-#   ./tools/test.sh                      # the whole suite: .venv/bin/pytest -q
-#   ./tools/test.sh -x tests/test_smoke.py -k roundtrip    # any pytest arguments
+#   ./tools/test.sh                      # lint, then the default suite (unit + mount tiers)
+#   ./tools/test.sh unit                 # the unit tier only: any user, no FUSE, seconds
+#   ./tools/test.sh lint                 # ruff, the layering contract, the type checker
+#   ./tools/test.sh -x tests/mount/test_smoke.py -k roundtrip    # any pytest arguments
 #
-# Needs root and /dev/fuse: the tests mount real filesystems and act as other
-# uids. The exit code is pytest's; in addition a run that executed no test
-# (nothing collected, or everything skipped) fails, so it cannot pass for green.
-# SMPFS_TEST_TIMEOUT (e.g. 30m) bounds the run: default none, 80m when CI=true.
+# The default run needs root and /dev/fuse: the mount tests mount real
+# filesystems and act as other uids. The exit code is pytest's; in addition a
+# run that executed no test (nothing collected, or everything skipped) fails,
+# so it cannot pass for green. SMPFS_TEST_TIMEOUT (e.g. 30m) bounds the run:
+# default none, 80m when CI=true. SMPFS_LONG=1 adds the long tier (tests/long).
 set -euo pipefail
 
 # shellcheck source=tools/setup.sh
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$SMPFS_ROOT"
 
-[ "$(id -u)" = 0 ] || _smpfs_die "run the tests as root: they mount FUSE filesystems and switch uids"
+smpfs_lint() {
+    "$SMPFS_VENV/bin/ruff" check -q smpfs tests tools
+    "$SMPFS_VENV/bin/lint-imports" --no-cache >/dev/null || "$SMPFS_VENV/bin/lint-imports" --no-cache
+    "$SMPFS_VENV/bin/mypy" --no-error-summary
+}
+
+if [ "${1:-}" = unit ]; then
+    # The unit tier: no root, no FUSE. Uses .venv when this user can run it,
+    # else a user-owned venv (see smpfs_user_venv in tools/setup.sh).
+    shift
+    [ "$(id -u)" = 0 ] && smpfs_setup || smpfs_user_venv
+    exec "$SMPFS_VENV/bin/pytest" -q -p no:cacheprovider tests/unit "$@" </dev/null
+fi
+
+[ "$(id -u)" = 0 ] || _smpfs_die "run the tests as root: they mount FUSE filesystems and switch uids (any user: ./tools/test.sh unit)"
 smpfs_setup
+
+if [ "${1:-}" = lint ]; then
+    smpfs_lint
+    echo "lint: ruff, import-linter and mypy found nothing"
+    exit 0
+fi
+if [ $# = 0 ]; then
+    smpfs_lint || _smpfs_die "lint failed (./tools/test.sh lint shows it)"
+fi
 
 # The fixture skips mount tests where FUSE cannot work; here that is an error.
 why="$("$SMPFS_VENV/bin/python" -c 'from smpfs.testing import fuse_available; print(fuse_available() or "")')"

@@ -37,6 +37,7 @@ from ..store.statestore import StateStore
 from ..units import parse_free
 from . import control
 from .operations import SHARE_BASE, Catalog, ShareRec, SmpOperations, StoreRec, join
+from .pids import is_zombie
 
 log = logging.getLogger("smpfs.mount.daemon")
 
@@ -440,15 +441,6 @@ class Daemon:
         self.wake_retention.set()
         return result
 
-
-
-def is_zombie(pid: int) -> bool:
-    """Exited but not yet reaped (by init, for a daemon started in the background)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _sd_notify(msg: str) -> None:

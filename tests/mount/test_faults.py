@@ -213,6 +213,7 @@ def _outcomes(root: str, names) -> dict:
     return out
 
 
+@pytest.mark.daemon_log(r"I/O error: .*(fails authentication|is truncated|is missing|cannot be opened)")
 def test_damaged_blocks_give_eio_for_that_file_alone(smp):
     import hashlib
     seed = random.SystemRandom().randrange(1 << 30)
@@ -275,6 +276,7 @@ def test_damaged_blocks_give_eio_for_that_file_alone(smp):
     smp.umount()
 
 
+@pytest.mark.daemon_log(r"lookup failed", r"Traceback: sqlite3.DatabaseError")
 def test_corrupt_store_db_fails_that_store_alone(smp):
     a, b = smp.add_computer(), smp.add_computer()
     sa, sb = smp.request_capture(a), smp.request_capture(b)

@@ -190,6 +190,7 @@ def test_no_plaintext_at_rest(msmp, comp_store):
 
 # -- tampering with block files -------------------------------------------------------------
 
+@pytest.mark.daemon_log(r"I/O error: .*(fails authentication|is truncated|is missing|cannot be opened)")
 def test_tampered_block_files_read_as_eio(msmp, comp_store):
     comp, store = comp_store
     rnd = random.Random(1)
@@ -231,6 +232,7 @@ def test_tampered_block_files_read_as_eio(msmp, comp_store):
     assert "authentication" in _log(msmp) or "I/O error" in _log(msmp), "EIO is not logged"
 
 
+@pytest.mark.daemon_log(r"I/O error: .*(fails authentication|is truncated|is missing|cannot be opened)")
 def test_swapped_blocks_read_as_eio(msmp, comp_store):
     comp, store = comp_store
     other = msmp.add_computer()
@@ -261,6 +263,7 @@ def test_swapped_blocks_read_as_eio(msmp, comp_store):
     assert _eio(msmp.as_uid(other, _read_all, other_store, ["theirs"])["theirs"])
 
 
+@pytest.mark.daemon_log(r"I/O error: .*(fails authentication|is truncated|is missing|cannot be opened)")
 def test_replayed_old_block_reads_as_eio(msmp, comp_store):
     comp, store = comp_store
     rnd = random.Random(3)
@@ -295,6 +298,8 @@ def test_replayed_old_block_reads_as_eio(msmp, comp_store):
 
 # -- tampering with store.db ------------------------------------------------------------------
 
+@pytest.mark.daemon_log(r"I/O error: .*(fails authentication|is truncated|is missing|cannot be opened)",
+                         r"(getxattr|readdir|readlink|lookup|getattr|read|open) failed", r"Traceback: ")
 def test_tampered_metadata_reads_as_eio(msmp, comp_store):
     comp, store = comp_store
 

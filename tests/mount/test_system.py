@@ -83,6 +83,7 @@ def test_systemd_notify_and_clean_stop_on_sigterm(unmounted):
     smp.umount()
 
 
+@pytest.mark.daemon_log(r"log level set to")
 def test_log_level_changes_a_running_daemon_and_is_for_root_only(smp):
     r = smp.cli("log-level", "debug")
     assert "log level: debug" in r.out

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from test_tools import assert_same_tree, make_tree, snapshot
 
 from smpfs.testing import spawn_as
@@ -228,6 +229,7 @@ def _check_after_crash(store: str, synced: list[int], hot_v: int, max_i: int, cf
     return {"files": len(names), "hot_len": len(hot)}
 
 
+@pytest.mark.daemon_log(r"fsck: ", r"did not end cleanly")
 def test_sigkill_during_write_loop(smp):
     comp = smp.add_computer()
     store = str(smp.request_capture(comp))
@@ -340,6 +342,7 @@ def _hold_unlinked(report: int, store: str) -> None:
         time.sleep(1)
 
 
+@pytest.mark.daemon_log(r"fsck: ", r"did not end cleanly")
 def test_dirty_flag_triggers_fsck(smp):
     comp = smp.add_computer()
     store = str(smp.request_capture(comp))

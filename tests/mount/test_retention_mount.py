@@ -242,6 +242,7 @@ def test_deadline_crossed_while_unmounted(smp):
 # -- crash safety -------------------------------------------------------------------------------
 
 
+@pytest.mark.daemon_log(r"fsck: ", r"did not end cleanly")
 def test_kill_9_in_the_middle_of_a_deletion(smp):
     """A store of thousands of files is being deleted when the daemon is killed
     (SIGKILL): after the next mount it is gone completely and the other stores,
