@@ -52,6 +52,11 @@ def _control_call(state: str, command: str, args: dict) -> dict:
     return control.call(state, command, args)
 
 
+def is_admin() -> bool:
+    """Root administers the SMP directly; everyone else goes through the daemon."""
+    return os.geteuid() == 0
+
+
 def run(command: str, **args) -> dict:
     """Run an api command: through the daemon if mounted, else locally for root."""
     obj: Ctx = click.get_current_context().find_object(Ctx)
@@ -59,7 +64,7 @@ def run(command: str, **args) -> dict:
     try:
         return _control_call(obj.state, command, args)
     except NotMountedError:
-        if os.geteuid() != 0:
+        if not is_admin():
             raise NotMountedError("the SMP is not mounted; ask an admin",
                                   "only root can use an SMP that is not mounted (smpfs mount)")
     smp = Smp.open(obj.state)

@@ -56,7 +56,7 @@ def _ad(store_id: bytes, ino: int, blkno: int, i: int, last: bool) -> bytes:
 
 
 def encrypt_block(aead: AESGCM, store_id: bytes, ino: int, blkno: int,
-                  counter: int, data) -> bytes:
+                  counter: int, data) -> bytearray:
     """Seal ``data`` (at most BLOCK_SIZE bytes) as the block's on-disk form."""
     n = len(data)
     mv = memoryview(data)
@@ -74,7 +74,7 @@ def encrypt_block(aead: AESGCM, store_id: bytes, ino: int, blkno: int,
 
 
 def decrypt_chunks(aead: AESGCM, store_id: bytes, ino: int, blkno: int, counter: int,
-                   length: int, first: int, raw) -> bytes:
+                   length: int, first: int, raw) -> bytearray:
     """Open chunks ``first``.. of a block of plaintext ``length`` from ``raw``
     (the bytes on disk starting at ``chunk_offset(first)``)."""
     count = nchunks(length)

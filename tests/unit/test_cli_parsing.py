@@ -1,4 +1,9 @@
-"""Unit parsing and the CLI (through click's test runner; nothing mounted, run as root)."""
+"""Unit parsing and the CLI (through click's test runner; nothing mounted).
+
+The admin commands act on the state dir directly when the caller is root. The
+unit tier runs as any user, so these tests make the CLI take the caller for
+the admin (``cli.base.is_admin``): the state dir is the test's own and owned
+by the caller, and every admin code path runs as it does for root."""
 from __future__ import annotations
 
 import json
@@ -9,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from smpfs import cli, units
+from smpfs.cli import base as cli_base
 from smpfs.errors import UsageError
 
 # -- units ------------------------------------------------------------------------
@@ -49,6 +55,11 @@ def test_parse_duration_rejects(bad):
 
 
 # -- the CLI ----------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _as_admin(monkeypatch):
+    monkeypatch.setattr(cli_base, "is_admin", lambda: True)
+
 
 @pytest.fixture
 def smpcli(tmp_path):
@@ -135,7 +146,8 @@ def test_folder_remove_needs_force_and_confirmation(smpcli, tmp_path):
 
 
 def test_non_root_without_mount_is_told_to_ask_an_admin(smpcli, monkeypatch):
-    monkeypatch.setattr(os, "geteuid", lambda: 2001)  # the CLI asks os itself
+    monkeypatch.setattr(os, "geteuid", lambda: 2001)
+    monkeypatch.setattr(cli_base, "is_admin", lambda: False)
     r = smpcli("request", "capture")
     assert r.exit_code == 6 and "not mounted; ask an admin" in r.stderr
 
