@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""smpfs benchmark: smpfs against gocryptfs and a plain directory (issue 5).
+"""smpfs benchmark: smpfs against gocryptfs and a plain directory.
 
 Run it as root from the repository (the venv's python finds ``smpfs`` next to
 itself)::
@@ -143,7 +143,7 @@ METRICS = [
 ]
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
-# Issue 5 targets: (description, metric, comparison, threshold).  Speed
+# Targets: (description, metric, comparison, threshold).  Speed
 # metrics compare smpfs/gocryptfs speed, time metrics smpfs/gocryptfs time.
 ISSUE_TARGETS = [
     ("seq write speed >= 2.0x gocryptfs", "seq.write", ">=", 2.0),
@@ -970,9 +970,9 @@ def render(bench: Bench, machine: dict, sizes: Sizes, elapsed: float) -> str:
             if any(v is not None for v in row):
                 lines.append(f"{'CPU s/GiB ' + ph:<32} " + " ".join(
                     f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in row))
-    # Issue 5 targets
+    # Targets
     lines.append("")
-    lines.append("issue 5 targets (smpfs vs gocryptfs, medians of this run):")
+    lines.append("targets (smpfs vs gocryptfs, medians of this run):")
     for desc, verdict, value in target_verdicts(bench):
         lines.append(f"  {desc:<48} {value:>14}  {verdict}")
     if res.checks:
@@ -1064,7 +1064,7 @@ def to_json(bench: Bench, machine: dict, sizes: Sizes, elapsed: float) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench.py",
-        description="Benchmark smpfs against gocryptfs and a plain directory (issue 5). "
+        description="Benchmark smpfs against gocryptfs and a plain directory. "
                     "Run as root.",
         epilog="Example: sudo .venv/bin/python tools/bench.py --quick --json /tmp/bench.json")
     p.add_argument("--dir", type=Path,

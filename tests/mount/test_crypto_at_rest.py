@@ -1,4 +1,4 @@
-"""Issue 2: nothing of a user's data is readable at rest, and tampering reads as EIO.
+"""Nothing of a user's data is readable at rest, and tampering reads as EIO.
 
 * a known plaintext marker written into file contents, file and directory
   names, symlink targets, xattr names and values is found nowhere under the

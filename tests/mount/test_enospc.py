@@ -1,4 +1,4 @@
-"""Issue 2: the storage folder's minimum free space is enforced on every write.
+"""The storage folder's minimum free space is enforced on every write.
 
 The storage folder is a 64 MiB tmpfs; the SMP keeps 16 MB of it free. A
 writer filling its store gets ENOSPC before the folder goes under 16 MB,

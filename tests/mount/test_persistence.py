@@ -1,4 +1,4 @@
-"""Issue 2: what was written survives an unmount, and a SIGKILL of the daemon.
+"""What was written survives an unmount, and a SIGKILL of the daemon.
 
 * a clean unmount/remount keeps every file, name, mode, time, link and xattr;
 * SIGKILL of the daemon in the middle of a write loop, then a remount: every

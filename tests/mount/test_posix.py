@@ -1,4 +1,4 @@
-"""Issue 2: every POSIX operation through a real mount, as the capturing computer's uid.
+"""Every POSIX operation through a real mount, as the capturing computer's uid.
 
 One SMP is mounted for the module; each test gets its own computer and a
 fresh capture store. All file operations run in a child forked as the

@@ -8,7 +8,7 @@ access(), getxattr, listxattr, setxattr, removexattr, readlink, statfs,
 ioctl, create, mkdir, rmdir, mknod (fifo), symlink, link, unlink, rename
 inside, into and out of the store, chmod, chown, utime and truncate.
 
-Expected, from the table of issue 3: the entitled uid reads everything; the
+Expected, from the access table (docs/architecture.md): the entitled uid reads everything; the
 capturing source also changes everything; the destination's changes after
 release fail with EROFS; everyone else -- root included -- gets EACCES for
 anything inside the store. The store directory itself is public metadata.

@@ -134,7 +134,7 @@ def test_deadline_crossed_while_mounted(smp):
 
 
 def test_open_handle_on_deleted_store_gets_eio(smp):
-    """Issue 4: open handles on a deleted store get EIO/ESTALE, not stale plaintext
+    """Open handles on a deleted store get EIO/ESTALE, not stale plaintext
     and not ENOENT (the file was not unlinked: its store was destroyed)."""
     src, dst, store = migrate(smp, {"USMT.MIG": b"state" * 1000})
     with Held(dst.uid, store / "USMT.MIG") as reader:

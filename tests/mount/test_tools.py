@@ -1,4 +1,4 @@
-"""Issue 2: the tools a migration uses copy a real tree into a store and back out exactly.
+"""The tools a migration uses copy a real tree into a store and back out exactly.
 
 A tree with hard links, symlinks, user xattrs, odd modes, a sparse file,
 long and non-ASCII names and nanosecond mtimes is generated on the local

@@ -1,4 +1,4 @@
-"""Issue 2: the crypto and metadata layers on their own (no FUSE, no daemon).
+"""The crypto and metadata layers on their own (no FUSE, no daemon).
 
 StateStore, chunk and key are used directly on a store in a temp dir:
 nonce uniqueness under rewrites (across close/reopen and a crash),

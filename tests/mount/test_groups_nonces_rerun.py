@@ -1,4 +1,4 @@
-"""Fixes found in review: group changes, nonce rollback, re-run restores vs retention."""
+"""Group changes, a rolled-back nonce record, and re-run restores against retention."""
 from __future__ import annotations
 
 import errno
