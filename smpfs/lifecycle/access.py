@@ -12,6 +12,8 @@ File modes recorded at capture are shown but never decide access; this does.
 """
 from __future__ import annotations
 
+from .status import GONE, Status
+
 RW, RO = "rw", "ro"
 
 
@@ -23,9 +25,9 @@ def level(store_row, uid: int) -> str | None:
     if uid == 0:
         return None                      # root administers the SMP, never reads user state
     status = store_row["status"]
-    if status == "capturing":
+    if status == Status.CAPTURING:
         return RW if uid == store_row["source_uid"] else None
-    if status in ("captured", "restoring", "restored"):
+    if status in (Status.CAPTURED, Status.RESTORING, Status.RESTORED):
         # source == dest (in-place) makes the source the destination: read-only
         return RO if uid == store_row["dest_uid"] else None
     return None
@@ -33,4 +35,4 @@ def level(store_row, uid: int) -> str | None:
 
 def visible(store_row) -> bool:
     """Whether the store appears in the mount at all (deleted ones are gone)."""
-    return store_row["status"] not in ("deleting", "deleted")
+    return store_row["status"] not in GONE

@@ -16,8 +16,7 @@ import time
 
 from ..errors import CaptureInProgress, Conflict, NotFound
 from . import audit, computer
-
-UNFINISHED = ("capturing", "captured", "restoring")
+from .status import LIVE_SQL, UNFINISHED, Status
 
 
 def associate(smp, source: str, dest: str, uid: int = 0) -> dict:
@@ -53,7 +52,7 @@ def find(smp, source: str, dest: str) -> dict:
 
 
 def stores_of(smp, aid: int, include_deleted: bool = False) -> list[dict]:
-    where = "" if include_deleted else "AND status NOT IN ('deleting','deleted')"
+    where = "" if include_deleted else f"AND {LIVE_SQL}"
     return smp.query(f"SELECT * FROM stores WHERE association_id=? {where} ORDER BY id", (aid,))
 
 
@@ -85,7 +84,7 @@ def remove(smp, source: str, dest: str, force: bool = False, uid: int = 0) -> di
     busy = [s for s in live if s["status"] in UNFINISHED]
     if busy and not force:
         s = busy[-1]
-        what = ("is capturing" if s["status"] == "capturing"
+        what = ("is capturing" if s["status"] == Status.CAPTURING
                 else f"is {s['status']}, not yet restored by {a['dest']}")
         raise CaptureInProgress(f"the state store of {a['source']} -> {a['dest']} {what}",
                                 "wait for the migration to finish, or use --force to delete its data now")

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import Conflict, NotFound, UsageError
 from ..store.layout import tree_bytes
 from ..units import format_size, parse_free
+from .status import LIVE_SQL, Status
 
 
 def _abspath(path) -> Path:
@@ -62,7 +63,7 @@ def space(path) -> tuple[int, int]:
 def clients(smp, folder_id: int) -> int:
     """Live (not deleted) stores in the folder: ConfigMgr's 'clients'."""
     return smp.conn.execute(
-        "SELECT COUNT(*) FROM stores WHERE folder_id=? AND status NOT IN ('deleting','deleted')",
+        f"SELECT COUNT(*) FROM stores WHERE folder_id=? AND {LIVE_SQL}",
         (folder_id,)).fetchone()[0]
 
 
@@ -117,14 +118,14 @@ def remove_folder(smp, path, force: bool = False, uid: int = 0) -> dict:
     ``force``; then those stores are deleted (crypto-shredded) first."""
     from . import audit, retention
     row = find_folder(smp, path)
-    live = smp.query("SELECT * FROM stores WHERE folder_id=? AND status NOT IN ('deleting','deleted')",
+    live = smp.query(f"SELECT * FROM stores WHERE folder_id=? AND {LIVE_SQL}",
                      (row["id"],))
     if live and not force:
         raise Conflict(f"{row['path']} still holds {len(live)} state store(s)",
                        "wait until they are restored and deleted, or use --force to delete them now")
     deleted = [retention.delete_store(smp, s, reason="folder removed", uid=uid) for s in live]
     # finish any deletion that was interrupted in this folder
-    for s in smp.query("SELECT * FROM stores WHERE folder_id=? AND status='deleting'", (row["id"],)):
+    for s in smp.query("SELECT * FROM stores WHERE folder_id=? AND status=?", (row["id"], Status.DELETING.value)):
         deleted.append(retention.delete_store(smp, s, reason="folder removed", uid=uid))
     with smp.tx():
         smp.conn.execute("UPDATE folders SET removed_at=? WHERE id=?", (time.time(), row["id"]))

@@ -11,13 +11,14 @@ import time
 from ..errors import NothingToRelease
 from . import audit, retention
 from .computer import resolve_caller
-from .request import _result
+from .request import step_result
+from .status import LIVE_SQL, Status, transition
 
 
 def _newest(smp, column: str, name: str) -> dict | None:
     return smp.query_one(
         "SELECT s.*, a.source, a.dest FROM stores s JOIN associations a ON a.id=s.association_id "
-        f"WHERE a.{column}=? AND a.removed_at IS NULL AND s.status NOT IN ('deleting','deleted') "
+        f"WHERE a.{column}=? AND a.removed_at IS NULL AND s.{LIVE_SQL} "
         "ORDER BY s.id DESC LIMIT 1", (name,))
 
 
@@ -27,15 +28,13 @@ def release_capture(smp, caller_uid: int, computer: str | None = None) -> dict:
     comp = resolve_caller(smp, caller_uid, computer, "release capture")
     name = comp["name"]
     s = _newest(smp, "source", name)
-    if s is None or s["status"] != "capturing":
+    if s is None or s["status"] != Status.CAPTURING:
         already = f" (its store is already {s['status']})" if s else ""
         raise NothingToRelease(f"{name} has no capture to release{already}",
                                None if s else f"request one first: smpfs request capture {name}")
-    with smp.tx():
-        smp.conn.execute("UPDATE stores SET status='captured', capture_released_at=? WHERE id=?",
-                         (time.time(), s["id"]))
-    audit.record(smp, caller_uid, "release_capture", computer=name, store_id=s["store_id"], dest=s["dest"])
-    return _result(smp, smp.store(s["store_id"]), name)
+    row = transition(smp, s, Status.CAPTURED, uid=caller_uid, action="release_capture",
+                     audit_detail={"computer": name, "dest": s["dest"]}, capture_released_at=time.time())
+    return step_result(smp, row, name)
 
 
 @audit.audited("release_restore")
@@ -48,21 +47,19 @@ def release_restore(smp, caller_uid: int, computer: str | None = None) -> dict:
     comp = resolve_caller(smp, caller_uid, computer, "release restore")
     name = comp["name"]
     s = _newest(smp, "dest", name)
-    if s is None or s["status"] != "restoring":
+    if s is None or s["status"] != Status.RESTORING:
         already = f" (its store is {s['status']})" if s else ""
         raise NothingToRelease(f"{name} has no restore to release{already}",
                                f"request one first: smpfs request restore {name}")
     pol = retention.policy(smp)
     now = time.time()
-    with smp.tx():
-        smp.conn.execute("UPDATE stores SET status='restored', restore_released_at=?, retention_s=?, "
-                         "delete_at=? WHERE id=?", (now, pol, now + pol, s["id"]))
-    audit.record(smp, caller_uid, "release_restore", computer=name, store_id=s["store_id"],
-                 retention_s=pol, delete_at=now + pol)
-    result = _result(smp, smp.store(s["store_id"]), name)
+    row = transition(smp, s, Status.RESTORED, uid=caller_uid, action="release_restore",
+                     audit_detail={"computer": name, "retention_s": pol, "delete_at": now + pol},
+                     restore_released_at=now, retention_s=pol, delete_at=now + pol)
+    result = step_result(smp, row, name)
     result["deleted"] = False
     if pol == 0:
-        retention.delete_store(smp, smp.store(s["store_id"]), reason="deleted immediately after restore",
+        retention.delete_store(smp, row, reason="deleted immediately after restore",
                                uid=caller_uid)
-        result.update(status="deleted", deleted=True, path=None)
+        result.update(status=Status.DELETED.value, deleted=True, path=None)
     return result

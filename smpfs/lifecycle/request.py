@@ -24,9 +24,11 @@ from ..crypto import keys as keymod
 from ..errors import CaptureInProgress, Conflict, NoStorageRoom, NotFound, RestoreOnlyMode
 from . import association, audit, computer
 from .folder import choose_folder
+from .status import LIVE_SQL, Status, transition
 
 
-def _result(smp, store: dict, comp: str, existing: bool = False, changed: bool = True) -> dict:
+def step_result(smp, store: dict, comp: str, existing: bool = False, changed: bool = True) -> dict:
+    """What a Request/Release step returns to its caller (and the daemon reads)."""
     mnt = smp.mountpoint()
     return {"computer": comp, "store_id": store["store_id"], "status": store["status"],
             "path": str(smp.mount_path(store, mnt)) if mnt else None,
@@ -50,11 +52,11 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
     assoc = association.live_for_source(smp, name)
     if assoc is not None:
         for s in reversed(association.stores_of(smp, assoc["id"])):
-            if s["status"] == "capturing":
+            if s["status"] == Status.CAPTURING:
                 audit.record(smp, caller_uid, "request_capture", computer=name,
                              store_id=s["store_id"], existing=True)
-                return _result(smp, s, name, existing=True, changed=False)
-            if s["status"] in ("captured", "restoring"):
+                return step_result(smp, s, name, existing=True, changed=False)
+            if s["status"] in (Status.CAPTURED, Status.RESTORING):
                 raise CaptureInProgress(
                     f"{name}'s previous capture is {s['status']} and not yet restored by {assoc['dest']}",
                     f"restore it first (`smpfs request restore {assoc['dest']}`), "
@@ -86,14 +88,14 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
     now = time.time()
     with smp.tx():   # the row commits only if the store's files were created
         # a concurrent request for the same computer may have won the race
-        dup = smp.query_one("SELECT * FROM stores WHERE association_id=? AND status='capturing'",
-                            (assoc["id"],))
+        dup = smp.query_one("SELECT * FROM stores WHERE association_id=? AND status=?",
+                            (assoc["id"], Status.CAPTURING.value))
         if dup is not None:
-            return _result(smp, dup, name, existing=True, changed=False)
+            return step_result(smp, dup, name, existing=True, changed=False)
         smp.conn.execute(
             "INSERT INTO stores (store_id, association_id, folder_id, status, source_uid, dest_uid, "
             "wrapped_key, created_at) VALUES (?,?,?,?,?,?,?,?)",
-            (store_id, assoc["id"], folder["id"], "capturing", comp["uid"], dest["uid"], wrapped, now))
+            (store_id, assoc["id"], folder["id"], Status.CAPTURING.value, comp["uid"], dest["uid"], wrapped, now))
         try:
             layout.create_store(Path(folder["path"]), store_id,
                                     keymod.StoreKeys.from_data_key(store_id, data_key), comp["uid"])
@@ -107,14 +109,14 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
     store = smp.store(store_id)
     audit.record(smp, caller_uid, "request_capture", computer=name, store_id=store_id,
                  folder=folder["path"], dest=assoc["dest"], migration_type=assoc["migration_type"])
-    return _result(smp, store, name)
+    return step_result(smp, store, name)
 
 
 def restorable(smp, dest: str) -> dict | None:
     """The newest live store whose destination is ``dest`` (any status but deleted)."""
     return smp.query_one(
         "SELECT s.*, a.source, a.dest FROM stores s JOIN associations a ON a.id=s.association_id "
-        "WHERE a.dest=? AND s.status NOT IN ('deleting','deleted') ORDER BY s.id DESC LIMIT 1", (dest,))
+        f"WHERE a.dest=? AND s.{LIVE_SQL} ORDER BY s.id DESC LIMIT 1", (dest,))
 
 
 @audit.audited("request_restore")
@@ -126,16 +128,14 @@ def request_restore(smp, caller_uid: int, computer: str | None = None) -> dict:
     if s is None:
         raise NotFound(f"no state store is waiting for {name}",
                        "capture on the source first, or check `smpfs association list`")
-    if s["status"] == "capturing":
+    if s["status"] == Status.CAPTURING:
         raise CaptureInProgress(f"the capture of {s['source']} for {name} is not released yet",
                                 f"run `smpfs release capture {s['source']}` when the capture has finished")
-    with smp.tx():
-        smp.conn.execute("UPDATE stores SET status='restoring', restore_requested_at=? WHERE id=?",
-                         (time.time(), s["id"]))
-    store = smp.store(s["store_id"])
-    audit.record(smp, caller_uid, "request_restore", computer=name, store_id=s["store_id"],
-                 source=s["source"], rerun=s["status"] == "restored")
-    return _result(smp, store, name, existing=s["status"] != "captured")
+    store = transition(smp, s, Status.RESTORING, uid=caller_uid, action="request_restore",
+                       audit_detail={"computer": name, "source": s["source"],
+                                     "rerun": s["status"] == Status.RESTORED},
+                       restore_requested_at=time.time())
+    return step_result(smp, store, name, existing=s["status"] != Status.CAPTURED)
 
 
 # the parameter named ``computer`` shadows the module inside the functions above

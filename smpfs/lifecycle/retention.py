@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..units import parse_duration
 from . import audit
+from .status import GONE, Status, sql_in, transition
 
 
 def policy(smp) -> int:
@@ -49,10 +50,10 @@ def next_deadline(smp) -> float | None:
 
     A store left in ``deleting`` by a crash is due at once (0.0).
     """
-    if smp.query_one("SELECT 1 AS x FROM stores WHERE status='deleting'"):
+    if smp.query_one("SELECT 1 AS x FROM stores WHERE status=?", (Status.DELETING.value,)):
         return 0.0
     row = smp.query_one("SELECT MIN(delete_at) AS t FROM stores "
-                        "WHERE delete_at IS NOT NULL AND status NOT IN ('deleting','deleted','restoring')")
+                        f"WHERE delete_at IS NOT NULL AND status NOT IN {_NOT_DUE}")
     return row["t"] if row else None
 
 
@@ -78,6 +79,8 @@ def parse_at(text: str | None, now: float | None = None) -> float:
 #: worker threads, and a sweep must not "resume" (and race the rmtree of) a
 #: deletion another thread is doing right now; it waits and finds it done.
 _deleting = threading.RLock()
+#: Not swept: gone already, or being restored again (a re-run restore is not deleted under its reader).
+_NOT_DUE = sql_in(GONE | {Status.RESTORING})
 
 
 def delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
@@ -89,8 +92,8 @@ def delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
 def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     from ..store import layout
     store_id = store_row["store_id"]
-    cur = smp.query_one("SELECT status FROM stores WHERE store_id=?", (store_id,))
-    if cur and cur["status"] == "deleted":
+    cur = smp.store(store_id)
+    if cur["status"] == Status.DELETED:
         return {"store_id": store_id, "bytes_freed": 0, "reason": reason, "already": True}
     if smp.before_delete is not None:
         smp.before_delete(store_row)
@@ -99,20 +102,16 @@ def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     # crash interrupted still reports everything it freed when it is resumed
     live = folder_path / store_id
     size = layout.tree_bytes(live) if live.exists() else None
-    with smp.tx():
-        smp.conn.execute("UPDATE stores SET wrapped_key=NULL, status='deleting', "
-                         "bytes_freed=coalesce(?, bytes_freed) WHERE store_id=?", (size, store_id))
+    cur = transition(smp, cur, Status.DELETING, wrapped_key=None,
+                     bytes_freed=size if size is not None else cur["bytes_freed"])
     checkpoint = _checkpoint(smp)
     freed = int(layout.destroy_store(folder_path, store_id) or 0)
-    recorded = smp.query_one("SELECT bytes_freed FROM stores WHERE store_id=?", (store_id,))
-    freed = max(freed, int((recorded or {}).get("bytes_freed") or 0))
+    freed = max(freed, int(cur["bytes_freed"] or 0))
     now = time.time()
-    with smp.tx():
-        smp.conn.execute("UPDATE stores SET status='deleted', deleted_at=?, bytes_freed=? WHERE store_id=?",
-                         (now, freed, store_id))
-    row = smp.store(store_id)
-    audit.record(smp, uid, "delete", computer=row["source"], store_id=store_id, reason=reason,
-                 dest=row["dest"], bytes_freed=freed, wal_checkpoint=checkpoint)
+    row = transition(smp, cur, Status.DELETED, uid=uid, action="delete",
+                     audit_detail={"computer": cur["source"], "reason": reason, "dest": cur["dest"],
+                                   "bytes_freed": freed, "wal_checkpoint": checkpoint},
+                     deleted_at=now, bytes_freed=freed)
     return {"store_id": store_id, "source": row["source"], "dest": row["dest"],
             "bytes_freed": freed, "reason": reason, "deleted_at": now}
 
@@ -131,11 +130,11 @@ def sweep(smp, now: float | None = None, uid: int = 0) -> list[dict]:
     """Finish interrupted deletions, then delete every store whose deadline passed."""
     now = time.time() if now is None else now
     done = [delete_store(smp, s, reason="resumed", uid=uid)
-            for s in smp.query("SELECT * FROM stores WHERE status='deleting'")]
+            for s in smp.query("SELECT * FROM stores WHERE status=?", (Status.DELETING.value,))]
     # a store being restored again (a re-run restore) is not deleted under its
     # reader: its timer waits for the next release
     due = smp.query("SELECT * FROM stores WHERE delete_at IS NOT NULL AND delete_at <= ? "
-                    "AND status NOT IN ('deleting','deleted','restoring') ORDER BY delete_at", (now,))
+                    f"AND status NOT IN {_NOT_DUE} ORDER BY delete_at", (now,))
     done += [delete_store(smp, s, reason="retention", uid=uid) for s in due]
     return [d for d in done if not d.get("already")]   # not those another thread finished meanwhile
 
@@ -145,7 +144,8 @@ def reapply_retention(smp, uid: int = 0) -> list[dict]:
     pol = policy(smp)
     changed = []
     with smp.tx():
-        for s in smp.query("SELECT * FROM stores WHERE status='restored' AND restore_released_at IS NOT NULL"):
+        for s in smp.query("SELECT * FROM stores WHERE status=? AND restore_released_at IS NOT NULL",
+                           (Status.RESTORED.value,)):
             new = s["restore_released_at"] + pol
             if new != s["delete_at"] or s["retention_s"] != pol:
                 smp.conn.execute("UPDATE stores SET retention_s=?, delete_at=? WHERE id=?",

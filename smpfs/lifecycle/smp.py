@@ -30,6 +30,7 @@ from ..errors import KeyFileError, NotFound, StateDirError, UsageError
 from ..units import parse_free
 from . import audit
 from . import folder as foldermod
+from .status import LIVE_SQL
 
 DEFAULT_STATE_DIR = "/var/lib/smpfs"
 DB_FILE = "smp.db"
@@ -39,8 +40,6 @@ DAEMON_FILE = "daemon.json"
 DEFAULTS = {"server": None, "restore_only": "0", "delete_after_s": "86400"}
 
 #: Store statuses in lifecycle order.
-LIVE_STATUSES = ("capturing", "captured", "restoring", "restored")
-GONE_STATUSES = ("deleting", "deleted")
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
@@ -322,7 +321,7 @@ class Smp:
 
         ``include_deleted=False`` leaves out stores being or already deleted.
         """
-        where = "" if include_deleted else "WHERE s.status NOT IN ('deleting', 'deleted')"
+        where = "" if include_deleted else f"WHERE s.{LIVE_SQL}"
         return self.query(
             "SELECT s.*, a.source, a.dest, a.migration_type FROM stores s "
             f"JOIN associations a ON a.id = s.association_id {where} ORDER BY s.id")
