@@ -39,7 +39,7 @@ DAEMON_FILE = "daemon.json"
 #: Settings kept in ``meta`` and their defaults (None = computed, see :meth:`Smp.setting`).
 DEFAULTS = {"server": None, "restore_only": "0", "delete_after_s": "86400"}
 
-#: Store statuses in lifecycle order.
+# Store statuses: lifecycle/status.py.
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
