@@ -78,9 +78,10 @@ def new_data_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
-def wrap(master: bytes, store_id: str, data_key: bytes) -> bytes:
-    """AEAD-wrap ``data_key`` under ``master``, bound to ``store_id``."""
-    nonce = os.urandom(12)
+def wrap(master: bytes, store_id: str, data_key: bytes, *, nonce: bytes | None = None) -> bytes:
+    """AEAD-wrap ``data_key`` under ``master``, bound to ``store_id``.
+    (``nonce``: only for known-answer tests; by default a random one.)"""
+    nonce = os.urandom(12) if nonce is None else nonce
     return nonce + AESGCM(master).encrypt(nonce, data_key, _WRAP_AD + store_id.encode())
 
 
@@ -145,8 +146,8 @@ class StoreKeys:
 
     # Small values (symlink targets, xattr values): random nonce, bound to
     # the inode and what the value is for.
-    def seal_value(self, ino: int, purpose: bytes, value: bytes) -> bytes:
-        nonce = os.urandom(12)
+    def seal_value(self, ino: int, purpose: bytes, value: bytes, *, nonce: bytes | None = None) -> bytes:
+        nonce = os.urandom(12) if nonce is None else nonce          # (given: known-answer tests only)
         return nonce + self.meta.encrypt(nonce, value, self._ad(ino, purpose))
 
     def open_value(self, ino: int, purpose: bytes, blob: bytes) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -29,7 +30,13 @@ from ..crypto.keys import StoreKeys
 from .diskio import fsync_dir
 from .reserve import ensure_reserve
 
-FORMAT_VERSION = 1
+log = logging.getLogger("smpfs.store")
+
+#: The store format this code writes. Every change of what is on disk bumps it
+#: and adds a step to :data:`MIGRATIONS` (and a name to :data:`FEATURES`).
+FORMAT_VERSION = 2
+#: What each format added, as ``store.json`` lists it in ``features``.
+FEATURES = {2: "inline-blocks"}
 ROOT = 1
 NAME_MAX = 255
 
@@ -100,6 +107,126 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# -- the format: store.json, versions, migrations -------------------------------------
+
+STORE_JSON = "store.json"
+
+
+def features(version: int) -> list[str]:
+    """The features a store of ``version`` has (``store.json`` ``features``)."""
+    return [FEATURES[v] for v in sorted(FEATURES) if v <= version]
+
+
+def write_store_json(path: Path, store_id: str, version: int) -> None:
+    """Write ``store.json`` atomically (temp file, fsync, rename)."""
+    text = json.dumps({"format": "smpfs-store", "version": version, "store_id": store_id,
+                       "block_size": BLOCK_SIZE, "chunk_size": chunk.CHUNK_SIZE,
+                       "cipher": "AES-256-GCM", "names": "AES-SIV",
+                       "features": features(version)}, indent=1) + "\n"
+    tmp = Path(path) / (STORE_JSON + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, Path(path) / STORE_JSON)
+
+
+def _refuse(path: Path, why: str) -> OSError:
+    return err(errno.EPROTO, f"store {Path(path).name[:12]}… {why}")
+
+
+def check_format(path: Path, store_id: str, db: sqlite3.Connection) -> int:
+    """Read ``store.json`` and ``store.db``'s ``meta.format_version``, refuse
+    what this code does not know (a newer version, an unknown feature, another
+    store's files, other block or chunk sizes) and return the store's version.
+
+    ``store.db`` says what its tables hold; ``store.json`` may lag one
+    migration behind it (a crash between the two writes), never lead."""
+    row = db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
+    try:
+        version = int(row[0]) if row else 0
+    except ValueError:
+        raise _refuse(path, f"has a damaged format version {row[0]!r} in store.db")
+    if version < 1:
+        raise _refuse(path, "has no format version in store.db: not a state store")
+    if version > FORMAT_VERSION:
+        raise _refuse(path, f"has store format {version}; this smpfs reads formats 1 to {FORMAT_VERSION}:"
+                            " upgrade smpfs to open it")
+    try:
+        meta = json.loads((Path(path) / STORE_JSON).read_text())
+    except FileNotFoundError:
+        raise _refuse(path, f"has no {STORE_JSON}")
+    except (ValueError, UnicodeDecodeError):
+        raise _refuse(path, f"has a damaged {STORE_JSON}")
+    if not isinstance(meta, dict) or meta.get("format") != "smpfs-store":
+        raise _refuse(path, f"has a {STORE_JSON} that is not an smpfs store's")
+    jv = meta.get("version")
+    if not isinstance(jv, int) or jv < 1:
+        raise _refuse(path, f"has a damaged version {jv!r} in {STORE_JSON}")
+    if jv > FORMAT_VERSION:
+        raise _refuse(path, f"has store format {jv}; this smpfs reads formats 1 to {FORMAT_VERSION}:"
+                            " upgrade smpfs to open it")
+    if jv > version:
+        raise _refuse(path, f"says format {jv} in {STORE_JSON} but store.db holds format {version}")
+    unknown = [f for f in meta.get("features", []) if f not in FEATURES.values()]
+    if unknown:
+        raise _refuse(path, f"(format {jv}) uses features this smpfs does not know: {', '.join(map(str, unknown))}")
+    if meta.get("store_id") != store_id:
+        raise _refuse(path, f"has the {STORE_JSON} of another store ({str(meta.get('store_id'))[:12]}…)")
+    if meta.get("block_size") != BLOCK_SIZE or meta.get("chunk_size") != chunk.CHUNK_SIZE:
+        raise _refuse(path, f"has block size {meta.get('block_size')} / chunk size {meta.get('chunk_size')};"
+                            f" this smpfs uses {BLOCK_SIZE} / {chunk.CHUNK_SIZE}")
+    return version
+
+
+def _to_v2(db: sqlite3.Connection) -> None:
+    """Format 2: small blocks sealed into ``blocks.data`` (inline blocks).
+    Some format-1 stores already have the column (it was once added without
+    a version change)."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(blocks)")}
+    if "data" not in cols:
+        db.execute("ALTER TABLE blocks ADD COLUMN data BLOB")
+    db.execute("CREATE INDEX IF NOT EXISTS dentries_cursor ON dentries (parent, id)")
+
+
+#: (version, step): each step brings a store from version-1 to version, in one
+#: transaction of store.db that also records the new version.
+MIGRATIONS = [(2, _to_v2)]
+
+
+def migrate(path: Path, store_id: str, db: sqlite3.Connection, version: int) -> int:
+    """Bring a store from ``version`` to :data:`FORMAT_VERSION`, one recorded
+    step at a time (each its own transaction), then rewrite ``store.json``.
+    A crash between steps leaves a store of the last finished step's version."""
+    for target, step in MIGRATIONS:
+        if target <= version:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('format_version', ?)", (str(target),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("store %s…: migrated from format %d to %d", store_id[:12], version, target)
+        version = target
+    return version
+
+
+def sync_store_json(path: Path, store_id: str, version: int) -> None:
+    """Make ``store.json`` say ``version`` (after a migration, or one a crash cut short)."""
+    try:
+        current = json.loads((Path(path) / STORE_JSON).read_text())
+    except (OSError, ValueError):
+        current = {}
+    if current.get("version") != version or current.get("features") != features(version):
+        write_store_json(path, store_id, version)
+        fsync_dir(Path(path))
+
+
 # -- creating and destroying stores -------------------------------------------
 
 def store_dir(folder: Path, store_id: str) -> Path:
@@ -114,10 +241,7 @@ def create_store(folder: Path, store_id: str, keys: StoreKeys, owner_uid: int,
     (path / "b").mkdir(mode=0o700)
     for i in range(256):
         (path / "b" / f"{i:02x}").mkdir(mode=0o700)
-    (path / "store.json").write_text(json.dumps(
-        {"format": "smpfs-store", "version": FORMAT_VERSION, "store_id": store_id,
-         "block_size": BLOCK_SIZE, "chunk_size": chunk.CHUNK_SIZE,
-         "cipher": "AES-256-GCM", "names": "AES-SIV"}, indent=1) + "\n")
+    write_store_json(path, store_id, FORMAT_VERSION)
     conn = connect(path / "store.db")
     with conn:
         conn.executescript(SCHEMA)

@@ -37,7 +37,7 @@ from ..crypto.keys import StoreKeys
 from .blocks import PROCESS_BUDGET, BlocksMixin, DirtyBudget
 from .counter import NonceCounter, read_counter_file
 from .diskio import fsync_dir, syncfs, unlink_files
-from .layout import FORMAT_VERSION, connect, err
+from .layout import check_format, connect, err, migrate, sync_store_json
 from .reserve import ensure_commit_room, ensure_reserve, release_reserve
 from .tree import TreeMixin
 from .xattrs import XattrsMixin
@@ -58,14 +58,16 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
         if not (self.path / "store.db").exists():
             raise err(errno.ENOENT, f"no store at {self.path}")
         self.db = connect(self.path / "store.db")
-        version = int(self._meta("format_version"))
-        if version > FORMAT_VERSION:
-            raise err(errno.EPROTO, f"store format {version} is newer than this smpfs ({FORMAT_VERSION})")
+        try:
+            # a store of another format is refused, not half-understood;
+            # an older one is migrated, one recorded step at a time
+            sid_hex = self.sid.hex()
+            self.format = migrate(self.path, sid_hex, self.db, check_format(self.path, sid_hex, self.db))
+            sync_store_json(self.path, sid_hex, self.format)
+        except BaseException:
+            self.db.close()
+            raise
         ensure_reserve(self.path.parent)
-        cols = {r[1] for r in self.db.execute("PRAGMA table_info(blocks)")}
-        if "data" not in cols:                       # stores made before inline blocks
-            self.db.execute("ALTER TABLE blocks ADD COLUMN data BLOB")
-        self.db.execute("CREATE INDEX IF NOT EXISTS dentries_cursor ON dentries (parent, id)")
         self._in_txn = False
         self.init_blocks(PROCESS_BUDGET if budget is None else budget)
         # the largest of every record of the high-water mark: the store's own
