@@ -21,6 +21,7 @@ import re
 import socket
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
@@ -113,7 +114,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 class Smp:
     """An opened SMP state directory. Use :meth:`init` or :meth:`open`."""
 
-    def __init__(self, state_dir: Path, conn: sqlite3.Connection):
+    def __init__(self, state_dir: Path, conn: sqlite3.Connection,
+                 before_delete: Callable[[dict], None] | None = None):
         self.state_dir = Path(state_dir)
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
@@ -121,9 +123,9 @@ class Smp:
         self._lock = threading.RLock()
         self._depth = 0
         #: Called with a store row just before that store is deleted (any reason:
-        #: retention, association/folder removal, retire). The daemon sets it to
+        #: retention, association/folder removal, retire). The daemon passes it to
         #: stop serving the store (close it, invalidate the kernel's caches).
-        self.before_delete = None
+        self.before_delete = before_delete
 
     # -- creating and opening ------------------------------------------------
 
@@ -154,7 +156,7 @@ class Smp:
         return smp
 
     @classmethod
-    def open(cls, state_dir=None) -> Smp:
+    def open(cls, state_dir=None, before_delete: Callable[[dict], None] | None = None) -> Smp:
         """Open an existing SMP; :class:`StateDirError` if there is none."""
         state_dir = resolve_state_dir(state_dir).absolute()
         db_path = state_dir / DB_FILE
@@ -178,7 +180,7 @@ class Smp:
                                 "upgrade smpfs to a version that created it")
         if version < 1:
             raise StateDirError(f"{db_path} is not an initialised SMP database")
-        smp = cls(state_dir, conn)
+        smp = cls(state_dir, conn, before_delete)
         smp._migrate(version)
         return smp
 

@@ -36,7 +36,10 @@ from ..store.reserve import ensure_reserve
 from ..store.statestore import StateStore
 from ..units import parse_free
 from . import control
-from .operations import SHARE_BASE, Catalog, ShareRec, SmpOperations, StoreRec, join
+from .catalog import GONE, Catalog, ShareRec, StoreRec
+from .guard import OP_COUNTS
+from .inodes import SHARE_BASE, join
+from .operations import SmpOperations
 from .pids import is_zombie
 
 log = logging.getLogger("smpfs.mount.daemon")
@@ -64,9 +67,9 @@ def daemon_info(state_dir: Path) -> dict | None:
     return info
 
 
-def preflight(state_dir: Path, mountpoint: Path) -> Smp:
+def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
     """Everything that can be checked before mounting, each with a clear error."""
-    smp = Smp.open(state_dir)
+    smp = Smp.open(state_dir, before_delete)
     smp.master_key()                                   # missing / unsafe key -> KeyFileError
     row = smp.query_one("SELECT * FROM stores WHERE wrapped_key IS NOT NULL LIMIT 1")
     if row is not None:
@@ -188,12 +191,10 @@ class Daemon:
         os.umask(0o077)
         try:
             self._setup_logging()
-            self.smp = preflight(self.state_dir, self.mountpoint)
-            self.smp.before_delete = self._before_delete
+            self.smp = preflight(self.state_dir, self.mountpoint, before_delete=self._before_delete)
             self._recover_if_dirty()
             self.refresh()
-            self.catalog.open_store = self._open_store
-            self.ops = SmpOperations(self.catalog)
+            self.ops = SmpOperations(self.catalog, self._open_store)
             opts = set(pyfuse3.default_options)
             opts.discard("default_permissions")
             opts |= {"fsname=smpfs", "subtype=smpfs", "noatime"}
@@ -224,15 +225,14 @@ class Daemon:
                         os.unlink(self.state_dir / name)
                     except FileNotFoundError:
                         pass
-        from .operations import OP_COUNTS
         log.info("unmounted %s; requests served: %s", self.mountpoint,
                  ", ".join(f"{k} {v}" for k, v in OP_COUNTS.most_common()))
 
     def _shutdown(self) -> None:
         errors = 0
-        for rowid in list(self.ops.stores):
+        for rowid in list(self.ops.stores.open):
             try:
-                self.ops.close_store(rowid)
+                self.ops.stores.close(rowid)
             except Exception:
                 errors += 1
                 log.exception("closing store %d failed", rowid)
@@ -293,21 +293,21 @@ class Daemon:
 
     def _status_changed(self, before: StoreRec, rec: StoreRec) -> None:
         log.info("store %s…: %s -> %s", rec.store_id[:12], before.status, rec.status)
-        st = self.ops.stores.get(rec.rowid)
-        if rec.status in ("deleting", "deleted"):
-            inodes = self.ops.open_inodes(rec.rowid)
-            self.ops.close_store(rec.rowid, abandon=True)
+        st = self.ops.stores.open.get(rec.rowid)
+        if rec.status in GONE:
+            inodes = self.ops.handles.inodes_of(rec.rowid)
+            self.ops.stores.close(rec.rowid, abandon=True)
             self._invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()))
             return
         if st is not None:
             if rec.status != "capturing" and not st.read_only:
                 # everything captured is made durable as it is frozen
-                self.nursery.start_soon(self.ops.durable, st) if self.nursery else st.sync()
+                self.nursery.start_soon(self.ops.stores.durable, st) if self.nursery else st.sync()
             st.read_only = rec.status != "capturing"
         # who may see what changed: drop every cached attribute and page of the
         # store (no dirty pages: no writeback cache), so the next stat() or read()
         # of anything in it asks us, and the access table, again
-        self._invalidate(set(self.ops.open_inodes(rec.rowid)) | {join(rec.rowid, STORE_ROOT)})
+        self._invalidate(set(self.ops.handles.inodes_of(rec.rowid)) | {join(rec.rowid, STORE_ROOT)})
 
     def _invalidate(self, inodes, attr_only=False, entry=None) -> None:
         """Drop kernel caches from a worker thread (never inside a handler)."""
@@ -332,7 +332,7 @@ class Daemon:
         self.wake_retention = trio.Event()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            self.ops.wb.nursery = nursery
+            await nursery.start(self.ops.wb.run)
             await nursery.start(control.serve, self.state_dir / control.SOCKET_NAME, self._command)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._commit_timer)
@@ -341,10 +341,8 @@ class Daemon:
             self._tell_parent("READY")
             _sd_notify("READY=1\nSTATUS=serving " + str(self.mountpoint))
             await pyfuse3.main()
-            await self.ops.drain_all()
-            self.ops.wb.nursery = None
-            for st in self.ops.stores.values():
-                st.submit = None
+            await self.ops.stores.drain_all()
+            self.ops.stores.stop_writeback()
             nursery.cancel_scope.cancel()
 
     async def _after_init(self) -> None:
@@ -365,20 +363,20 @@ class Daemon:
         while True:
             await trio.sleep(COMMIT_EVERY)
             durable = time.monotonic() - last_sync >= SYNC_EVERY
-            for st in list(self.ops.stores.values()):
+            for st in list(self.ops.stores.open.values()):
                 try:
                     if durable and st.changed:
-                        await self.ops.durable(st)
+                        await self.ops.stores.durable(st)
                     else:
                         st.commit()
                 except Exception:
                     log.exception("periodic commit of %s failed", st.path.name[:12])
             if durable:
                 last_sync = time.monotonic()
-                self.ops.close_idle(IDLE_CLOSE)
+                self.ops.stores.close_idle(IDLE_CLOSE)
                 # put back the commit reserve of folders in use (a retired or
                 # emptied folder is left with nothing of ours in it)
-                folders = {str(st.path.parent) for st in self.ops.stores.values()}
+                folders = {str(st.path.parent) for st in self.ops.stores.open.values()}
                 await trio.to_thread.run_sync(lambda fs=folders: [ensure_reserve(f) for f in fs if os.path.isdir(f)])
 
     async def _retention_timer(self) -> None:
@@ -402,8 +400,7 @@ class Daemon:
         retries that sleep and deletions that remove many files never stall the
         filesystem. Its before_delete hook hops back to this thread."""
         def work():
-            smp = Smp.open(self.state_dir)
-            smp.before_delete = lambda row: trio.from_thread.run_sync(self._before_delete, row)
+            smp = Smp.open(self.state_dir, lambda row: trio.from_thread.run_sync(self._before_delete, row))
             try:
                 return fn(smp, *args)
             finally:
@@ -414,7 +411,7 @@ class Daemon:
         """Called by retention just before a store's key and files go: stop
         serving it, drop its open files' cached pages, forget its keys."""
         rec = self.catalog.stores.get(row["id"])
-        if rec is None or rec.status in ("deleting", "deleted"):
+        if rec is None or rec.status in GONE:
             return
         gone = StoreRec(**{**rec.__dict__, "status": "deleting"})
         self.catalog.stores[rec.rowid] = gone

@@ -29,15 +29,31 @@ class Writeback:
         self.lot = trio.lowlevel.ParkingLot()
         self.max_inflight = max_inflight
         self.count = 0
-        self.nursery = None            # set by the daemon; None = write inline
+        self._nursery = None           # while run() runs; None = blocks are sealed inline
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Take blocks to seal until :meth:`stop` or cancellation; start it
+        with ``nursery.start(wb.run)``. Stores opened before it runs, or after
+        it stopped, seal their blocks inline."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def stop(self) -> None:
+        """Attach no more stores (those attached must be detached: ``st.submit = None``)."""
+        self._nursery = None
 
     def attach(self, st: StateStore) -> None:
-        if self.nursery is not None:
+        if self._nursery is not None:
             st.submit = lambda job: self._submit(st, job)
 
     def _submit(self, st: StateStore, job) -> None:
         self.count += 1
-        self.nursery.start_soon(self._run, st, job)
+        self._nursery.start_soon(self._run, st, job)
 
     async def _run(self, st: StateStore, job) -> None:
         err = None
