@@ -4,8 +4,9 @@ A handler that raises anything but ``FUSEError`` ends ``pyfuse3.main()`` and
 takes the whole mount down (../shared/fuse-notes.md §0). Every handler of
 :class:`~smpfs.mount.operations.SmpOperations` is therefore decorated with
 :func:`handler` (or, for ``forget``, :func:`no_reply`): an ``OSError`` becomes
-``FUSEError(errno)``, a full disk ``ENOSPC``, and anything else (a bug) ``EIO``
-with its traceback logged once. Handlers themselves just let errors rise.
+``FUSEError(errno)`` (logged if it is EIO or no ordinary answer), and
+anything else ``EIO`` (or ``ENOSPC`` if sqlite found the disk full) with its
+traceback logged once. Handlers themselves just let errors rise.
 """
 from __future__ import annotations
 
@@ -41,14 +42,13 @@ def fuse_error(op: str, e: Exception) -> pyfuse3.FUSEError:
     """The reply to request ``op`` that failed with ``e`` (call it in the except block)."""
     if isinstance(e, OSError):
         code = e.errno or errno.EIO
-        if code not in ANSWERS:
+        if code == errno.EIO:
+            log.error("I/O error: %s", e.strerror or e)      # damaged or unreadable data: the admin is told
+        elif code not in ANSWERS:
             log.error("%s: %s", op, e)
         return pyfuse3.FUSEError(code)
-    if disk_full(e):
-        log.error("%s: %s", op, e)
-        return pyfuse3.FUSEError(errno.ENOSPC)
     log.exception("%s failed", op)
-    return pyfuse3.FUSEError(errno.EIO)
+    return pyfuse3.FUSEError(errno.ENOSPC if disk_full(e) else errno.EIO)
 
 
 def handler(fn):
