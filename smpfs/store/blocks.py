@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 from ..crypto import chunk
 from ..crypto.chunk import BLOCK_SIZE
+from . import diskio
 from .layout import err
 
 DIRTY_MAX = 32 << 20               # plaintext bytes one store buffers before writing its oldest block
@@ -82,16 +83,17 @@ PROCESS_BUDGET = DirtyBudget()
 
 def write_block_file(path: str, data: bytes) -> None:
     """Create a block file (never overwrite one: a counter is used once)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    io = diskio.io
+    fd = io.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         mv = memoryview(data)
         while mv:
-            mv = mv[os.write(fd, mv):]
+            mv = mv[io.write(fd, mv):]
     except BaseException:
-        os.close(fd)
-        os.unlink(path)
+        io.close(fd)
+        io.unlink(path)
         raise
-    os.close(fd)
+    io.close(fd)
 
 
 class BlocksMixin:
@@ -373,7 +375,7 @@ class BlocksMixin:
         stale = row is None or job.blkno * BLOCK_SIZE >= row[0]
         if error is not None:
             try:
-                os.unlink(self.block_path(job.counter))
+                diskio.io.unlink(self.block_path(job.counter))
             except OSError:
                 pass
             if not stale and key not in self._dirty and key not in self._inflight:

@@ -11,7 +11,7 @@ import errno
 import os
 from pathlib import Path
 
-from .diskio import fsync_dir
+from . import diskio
 from .layout import err
 
 COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
@@ -31,14 +31,15 @@ def read_counter_file(path: Path) -> int:
 def write_counter_file(path: Path, value: int) -> None:
     """Durably record the counter high-water mark (write, fsync, rename, fsync dir)."""
     tmp = Path(path) / (COUNTER_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    io = diskio.io
+    fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, f"{value}\n".encode())
-        os.fsync(fd)
+        io.write(fd, f"{value}\n".encode())
+        io.fsync(fd)
     finally:
-        os.close(fd)
-    os.rename(tmp, Path(path) / COUNTER_FILE)
-    fsync_dir(Path(path))
+        io.close(fd)
+    io.rename(tmp, Path(path) / COUNTER_FILE)
+    io.fsync_dir(Path(path))
 
 
 class NonceCounter:

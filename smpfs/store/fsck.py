@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import StoreKeys
+from . import diskio
 from .layout import ROOT, destroy_store
 from .statestore import StateStore
 
@@ -74,11 +75,11 @@ def check_store(st: StateStore, repair: bool = True) -> dict:
                 on_disk.add(int(name, 16))
             except ValueError:
                 if repair:
-                    os.unlink(bdir / sub / name)      # a stray temp file
+                    diskio.io.unlink(bdir / sub / name)      # a stray temp file
     for ctr in sorted(on_disk - referenced - pending):
         found["orphan_blocks"].append(ctr)
         if repair:
-            os.unlink(st.block_path(ctr))
+            diskio.io.unlink(st.block_path(ctr))
     for ctr in sorted(referenced - on_disk):
         found["missing_blocks"].append(ctr)
     st.sync()

@@ -17,7 +17,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import stat
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from ..crypto import chunk
 from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import StoreKeys
+from . import diskio
 from .diskio import fsync_dir
 from .reserve import ensure_reserve
 
@@ -124,13 +124,14 @@ def write_store_json(path: Path, store_id: str, version: int) -> None:
                        "cipher": "AES-256-GCM", "names": "AES-SIV",
                        "features": features(version)}, indent=1) + "\n"
     tmp = Path(path) / (STORE_JSON + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    io = diskio.io
+    fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
+        io.write(fd, text.encode())
+        io.fsync(fd)
     finally:
-        os.close(fd)
-    os.rename(tmp, Path(path) / STORE_JSON)
+        io.close(fd)
+    io.rename(tmp, Path(path) / STORE_JSON)
 
 
 def _refuse(path: Path, why: str) -> OSError:
@@ -268,12 +269,12 @@ def destroy_store(folder: Path, store_id: str) -> int:
     folder = Path(folder)
     live, dying = folder / store_id, folder / f".deleting-{store_id}"
     if live.exists():
-        os.rename(live, dying)
+        diskio.io.rename(live, dying)
         fsync_dir(folder)
     if not dying.exists():
         return 0
     freed = tree_bytes(dying)
-    shutil.rmtree(dying)
+    diskio.io.rmtree(dying)
     fsync_dir(folder)
     return freed
 

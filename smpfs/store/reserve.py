@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import diskio
+
 RESERVE_FILE = ".smpfs-reserve"
 
 
@@ -31,22 +33,23 @@ def ensure_reserve(folder: Path) -> None:
         return
     tmp = Path(folder) / (RESERVE_FILE + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        io = diskio.io
+        fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.posix_fallocate(fd, 0, size)
+            io.fallocate(fd, 0, size)
         finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            io.close(fd)
+        io.rename(tmp, path)
     except OSError:
         try:
-            os.unlink(tmp)
+            diskio.io.unlink(tmp)
         except OSError:
             pass
 
 
 def release_reserve(folder: Path) -> bool:
     try:
-        os.unlink(Path(folder) / RESERVE_FILE)
+        diskio.io.unlink(Path(folder) / RESERVE_FILE)
         return True
     except FileNotFoundError:
         return False

@@ -34,9 +34,10 @@ import sqlite3
 from pathlib import Path
 
 from ..crypto.keys import StoreKeys
+from . import diskio
 from .blocks import PROCESS_BUDGET, BlocksMixin, DirtyBudget
 from .counter import NonceCounter, read_counter_file
-from .diskio import fsync_dir, syncfs, unlink_files
+from .diskio import unlink_files
 from .layout import check_format, connect, err, migrate, sync_store_json
 from .reserve import ensure_commit_room, ensure_reserve, release_reserve
 from .tree import TreeMixin
@@ -126,13 +127,18 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
 
     def prepare_durable(self, ino: int | None = None):
         """Commit now, and return ``(work, done)``: ``work()`` (any thread) makes
-        the inode's blocks (or, with ``ino=None``, every block) and every commit
-        so far durable; ``done()`` (this thread) records that and returns the
-        superseded block files that may now be unlinked. The caller writes
-        dirty blocks and waits for those in flight first."""
+        every block file written so far and every commit so far durable (the
+        caller wrote the inode's dirty blocks, or with ``ino=None`` all of them);
+        ``done()`` (this thread) records that and returns the superseded block
+        files that may now be unlinked. The caller writes dirty blocks and waits
+        for those in flight first."""
         self.commit()
         seq = self._commit_seq
-        counters = self.take_unsynced(ino)
+        # the WAL fsync below makes every committed block-map row durable, not
+        # only this inode's: every block file written so far must be durable
+        # first, or a power cut leaves rows naming files that never reached the
+        # disk (missing blocks: EIO for good)
+        counters = self.take_unsynced(None)
         whole_fs = bool(counters) if ino is None else len(counters) > 8
         paths = [self.block_path(c) for c in counters]
         wal_fd = None if self._wal_synced else self._wal_dup()
@@ -142,30 +148,31 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
         def work() -> None:
             if not (whole_fs or paths or wal_fd is not None):
                 return
+            io = diskio.io
             try:
                 if whole_fs:
-                    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+                    fd = io.open(root, os.O_RDONLY | os.O_DIRECTORY)
                     try:
-                        syncfs(fd)
+                        io.syncfs(fd)
                     finally:
-                        os.close(fd)
+                        io.close(fd)
                 else:
                     for path in paths:
                         try:
-                            fd = os.open(path, os.O_RDONLY)
+                            fd = io.open(path, os.O_RDONLY)
                         except FileNotFoundError:
                             continue                   # superseded meanwhile
                         try:
-                            os.fsync(fd)
+                            io.fsync(fd)
                         finally:
-                            os.close(fd)
+                            io.close(fd)
                     for d in {os.path.dirname(p) for p in paths}:
-                        fsync_dir(Path(d))
+                        io.fsync_dir(d)
                 if wal_fd is not None:
-                    os.fsync(wal_fd)
+                    io.fsync(wal_fd)
             finally:
                 if wal_fd is not None:
-                    os.close(wal_fd)
+                    io.close(wal_fd)
 
         def done() -> list[str]:
             if self._commit_seq == seq:
