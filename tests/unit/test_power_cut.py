@@ -381,7 +381,7 @@ class OpsWorkload:
     setxattr. Acknowledged: what an fsync or fsyncdir that returned made durable."""
 
     def __init__(self, ops, rowid: int, rng: random.Random, model: Model):
-        from smpfs.mount.operations import join
+        from smpfs.mount.inodes import join
         self.ops, self.rng, self.m = ops, rng, model
         self.root = join(rowid, ROOT)
         self.inos: dict[bytes, int] = {b"": self.root}
@@ -477,7 +477,8 @@ class OpsWorkload:
 
 
 async def test_power_cut_through_fuse_handlers_fsync_and_fsyncdir(simulated, seed):
-    from smpfs.mount.operations import Catalog, ShareRec, SmpOperations, StoreRec
+    from smpfs.mount.catalog import Catalog, ShareRec, StoreRec
+    from smpfs.mount.operations import SmpOperations
     folder = simulated / "folder"
     folder.mkdir()
     sid = os.urandom(32).hex()
@@ -486,13 +487,12 @@ async def test_power_cut_through_fuse_handlers_fsync_and_fsyncdir(simulated, see
     cat = Catalog()
     cat.shares[1] = ShareRec(1, "POWERCUT", str(folder), lambda: 0)
     cat.stores[1] = StoreRec(1, sid, 1, "capturing", 1000, 1001)
-    cat.open_store = lambda rec: StateStore(folder / rec.store_id, keys)
-    ops = SmpOperations(cat)
+    ops = SmpOperations(cat, lambda rec: StateStore(folder / rec.store_id, keys))
     model = Model()
     rng = random.Random(seed)
     w = OpsWorkload(ops, 1, rng, model)
     await ops.getattr(w.root, w.ctx)                  # opens the store
-    ops.stores[1].sync()
+    ops.stores.open[1].sync()
     disk = PowerCutDisk(folder)
     cuts = Cuts(disk, model, random.Random(seed + 1), 40)
     diskio.set_io(disk)
@@ -503,7 +503,7 @@ async def test_power_cut_through_fuse_handlers_fsync_and_fsyncdir(simulated, see
     finally:
         diskio.set_io(diskio.DiskIO())
         disk.close_all()
-    ops.close_store(1, abandon=True)
+    ops.stores.close(1, abandon=True)
 
     def check(image, lo, hi, dest):
         image.materialize(dest)
