@@ -14,11 +14,12 @@ each other module registers one domain's commands on it:
 * ``steps``: request and release, capture and restore;
 * ``mounting``: mount, umount, log-level;
 * ``reports``: status, log;
-* ``recovery``: key show, recover, fsck, retention run, retire.
+* ``recovery``: key show, recover, fsck, retention run, retire;
+* ``site``: plan, site check (a site of several SMPs).
 """
 from __future__ import annotations
 
-from . import computers, mounting, recovery, reports, setup, steps  # noqa: F401  (they register commands)
+from . import computers, mounting, recovery, reports, setup, site, steps  # noqa: F401  (they register commands)
 from .base import main
 
 __all__ = ["main"]
