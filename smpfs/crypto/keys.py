@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import hmac
 import os
 import stat
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from ..errors import IntegrityError, KeyFileError
 KEY_BYTES = 32
 MASTER_KEY_FILE = "master.key"
 _WRAP_AD = b"smpfs-wrap-v1:"
+BLOCK_SALT_BYTES = 16
+_BLOCK_INFO = b"smpfs-v3:block"
 
 
 # -- master key --------------------------------------------------------------
@@ -121,16 +124,35 @@ class StoreKeys:
     """Sub-keys of one store's data key. Build with :meth:`from_data_key`."""
 
     store_id: bytes                      # 32 raw bytes of the 64-hex id
-    content: AESGCM = field(repr=False)
+    content: AESGCM = field(repr=False)  # blocks of formats 1-2 (counter nonces)
     names: AESSIV = field(repr=False)
     meta: AESGCM = field(repr=False)
+    blocks_prk: bytes = field(repr=False, default=b"")   # format 3 on: one key per sealed block
+    _block_keys: dict = field(repr=False, default_factory=dict)
 
     @classmethod
     def from_data_key(cls, store_id: str, data_key: bytes) -> StoreKeys:
         return cls(store_id=bytes.fromhex(store_id),
                    content=AESGCM(_derive(data_key, b"content", 32)),
                    names=AESSIV(_derive(data_key, b"names", 64)),
-                   meta=AESGCM(_derive(data_key, b"meta", 32)))
+                   meta=AESGCM(_derive(data_key, b"meta", 32)),
+                   blocks_prk=_derive(data_key, b"blocks", 32))
+
+    # From format 3 on, every sealed block (every version of it) has a key of
+    # its own: HKDF-Expand(PRK = blocks sub-key, info = "smpfs-v3:block" ||
+    # salt, L = 32), with a random 128-bit ``salt`` kept in the block map. No
+    # nonce depends on a counter surviving a crash or a rollback: two blocks
+    # share a key only if two random salts collide.
+    def block_aead(self, salt: bytes) -> AESGCM:
+        aead = self._block_keys.get(salt)
+        if aead is None:
+            if len(salt) != BLOCK_SALT_BYTES:
+                raise IntegrityError(f"a block salt of {len(salt)} bytes")
+            aead = AESGCM(hmac.digest(self.blocks_prk, _BLOCK_INFO + salt + b"\x01", "sha256"))
+            if len(self._block_keys) >= 256:          # the blocks read and written just now
+                self._block_keys.clear()
+            self._block_keys[salt] = aead
+        return aead
 
     # Names are encrypted deterministically (AES-SIV) with the parent inode
     # as associated data: equal names in one directory give equal

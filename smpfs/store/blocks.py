@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 from ..crypto import chunk
 from ..crypto.chunk import BLOCK_SIZE
+from ..crypto.keys import BLOCK_SALT_BYTES
 from . import diskio
 from .layout import err
 
@@ -40,24 +41,28 @@ class BlockJob:
     """One block on its way to disk: sealed and written by :meth:`run` (any
     thread: pure crypto and file I/O), then recorded by
     :meth:`StateStore.finish_block` (the store's thread)."""
-    __slots__ = ("store", "ino", "blkno", "counter", "data")
+    __slots__ = ("store", "ino", "blkno", "counter", "data", "salt")
 
     def __init__(self, store, ino, blkno, counter, data):
         self.store, self.ino, self.blkno, self.counter, self.data = store, ino, blkno, counter, data
+        self.salt = os.urandom(BLOCK_SALT_BYTES)      # this version's own key (format 3)
+
+    def seal(self) -> bytearray:
+        st = self.store
+        aead, nonce_ctr = st.block_cipher(self.salt, self.counter)
+        return chunk.encrypt_block(aead, st.sid, self.ino, self.blkno, nonce_ctr, self.data)
 
     def run(self) -> None:
-        st = self.store
-        sealed = chunk.encrypt_block(st.keys.content, st.sid, self.ino, self.blkno, self.counter, self.data)
-        write_block_file(st.block_path(self.counter), sealed)
+        write_block_file(self.store.block_path(self.counter), self.seal())
 
 
 class ReadPart:
     """A piece of a read served from a stored block: see :meth:`StateStore.fetch`."""
-    __slots__ = ("ino", "blkno", "counter", "length", "first", "last", "start", "n")
+    __slots__ = ("ino", "blkno", "counter", "length", "first", "last", "start", "n", "salt")
 
-    def __init__(self, ino, blkno, counter, length, first, last, start, n):
+    def __init__(self, ino, blkno, counter, length, first, last, start, n, salt=None):
         self.ino, self.blkno, self.counter, self.length = ino, blkno, counter, length
-        self.first, self.last, self.start, self.n = first, last, start, n
+        self.first, self.last, self.start, self.n, self.salt = first, last, start, n, salt
 
 
 class DirtyBudget:
@@ -81,10 +86,17 @@ class DirtyBudget:
 PROCESS_BUDGET = DirtyBudget()
 
 
-def write_block_file(path: str, data: bytes) -> None:
-    """Create a block file (never overwrite one: a counter is used once)."""
+def write_block_file(path: str, data) -> None:
+    """Create a block file. A file already of that name can only be an orphan
+    that a rolled-back store left (the store's counter starts above every
+    counter its block map points to): it is replaced."""
     io = diskio.io
-    fd = io.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = io.open(path, flags, 0o600)
+    except FileExistsError:
+        io.unlink(path)
+        fd = io.open(path, flags, 0o600)
     try:
         mv = memoryview(data)
         while mv:
@@ -114,6 +126,10 @@ class BlocksMixin:
         self._budget = budget
         budget.add(self)
         self._space = (0.0, 0)                         # (when, free bytes) of the last statvfs
+        # blocks.salt (format 3); a store opened read-only may be older
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(blocks)")}
+        self._row_sql = ("SELECT counter, length, data, " + ("salt" if "salt" in cols else "NULL") +
+                         " FROM blocks WHERE ino=? AND blkno=?")
         self.blocks_written = 0
 
     # -- what a durable point (statestore.py) needs to know ----------------------
@@ -166,16 +182,25 @@ class BlocksMixin:
     def block_path(self, counter: int) -> str:
         return f"{self.path}/b/{counter & 0xFF:02x}/{counter:016x}"
 
+    def block_cipher(self, salt: bytes | None, counter: int):
+        """``(aead, nonce counter)`` of a block version: its own key and nonces
+        0.. from its salt (format 3 on), or the store's content key and its
+        counter (blocks sealed by formats 1-2, salt NULL). Any thread."""
+        if salt is None:
+            return self.keys.content, counter
+        return self.keys.block_aead(salt), 0
+
     def _block_row(self, ino: int, blkno: int):
-        return self.db.execute("SELECT counter, length, data FROM blocks WHERE ino=? AND blkno=?",
-                               (ino, blkno)).fetchone()
+        """``(counter, length, inline data or None, salt or None)``."""
+        return self.db.execute(self._row_sql, (ino, blkno)).fetchone()
 
     def _load_block(self, ino: int, blkno: int, row, first: int = 0, last: int | None = None) -> bytes:
         """Decrypt chunks [first, last] of a stored block."""
-        counter, length, inline = row
+        counter, length, inline, salt = row
         if inline is not None:
             try:
-                plain = chunk.decrypt_chunks(self.keys.content, self.sid, ino, blkno, counter, length, 0, inline)
+                aead, nonce_ctr = self.block_cipher(salt, counter)
+                plain = chunk.decrypt_chunks(aead, self.sid, ino, blkno, nonce_ctr, length, 0, inline)
             except chunk.BlockAuthError as e:
                 raise err(errno.EIO, str(e))
             return plain[first * chunk.CHUNK_SIZE:(last + 1) * chunk.CHUNK_SIZE] if last is not None \
@@ -186,7 +211,7 @@ class BlocksMixin:
         if first > last:
             return b""
         size = min(length, (last + 1) * chunk.CHUNK_SIZE) - first * chunk.CHUNK_SIZE
-        return self.fetch([ReadPart(ino, blkno, counter, length, first, last, 0, size)])
+        return self.fetch([ReadPart(ino, blkno, counter, length, first, last, 0, size, salt)])
 
     def read_plan(self, ino: int, off: int, size: int) -> list:
         """What a read needs: bytes already in memory, or ReadParts to fetch.
@@ -216,7 +241,7 @@ class BlocksMixin:
                     first = boff // chunk.CHUNK_SIZE
                     last = (min(boff + n, row[1]) - 1) // chunk.CHUNK_SIZE
                     parts.append(ReadPart(ino, blkno, row[0], row[1], first, last,
-                                          boff - first * chunk.CHUNK_SIZE, n))
+                                          boff - first * chunk.CHUNK_SIZE, n, row[3]))
                     self._pins[row[0]] = self._pins.get(row[0], 0) + 1
             pos += n
         return parts
@@ -248,8 +273,8 @@ class BlocksMixin:
             if len(raw) != end - start:              # cut short, maybe on a chunk boundary
                 raise err(errno.EIO, f"block file {p.counter:016x} is truncated")
             try:
-                plain = chunk.decrypt_chunks(self.keys.content, self.sid, p.ino, p.blkno, p.counter,
-                                             p.length, p.first, raw)
+                aead, nonce_ctr = self.block_cipher(p.salt, p.counter)
+                plain = chunk.decrypt_chunks(aead, self.sid, p.ino, p.blkno, nonce_ctr, p.length, p.first, raw)
             except chunk.BlockAuthError as e:
                 raise err(errno.EIO, str(e))
             piece = memoryview(plain)[p.start:p.start + p.n]
@@ -350,8 +375,7 @@ class BlocksMixin:
         (through ``submit`` when a worker pool is attached)."""
         job = BlockJob(self, ino, blkno, self.counter.next(), data)
         if len(data) <= INLINE_MAX:
-            sealed = chunk.encrypt_block(self.keys.content, self.sid, ino, blkno, job.counter, data)
-            self._record_block(job, sealed)
+            self._record_block(job, job.seal())
             return
         if self.submit is None:
             try:
@@ -397,8 +421,9 @@ class BlocksMixin:
                 self._superseded.append(job.counter)
             return
         self.begin_change()
-        self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
-                        (job.ino, job.blkno, job.counter, len(job.data), inline))
+        self.db.execute("INSERT OR REPLACE INTO blocks (ino, blkno, counter, length, data, salt)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (job.ino, job.blkno, job.counter, len(job.data), inline, job.salt))
         if old is not None and old[2] is None:
             self._superseded.append(old[0])
         if inline is None:

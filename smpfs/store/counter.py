@@ -1,18 +1,20 @@
-"""Nonce counters: a high-water mark made durable before any counter under it is used.
+"""Block counters: a high-water mark made durable before any counter under it is used.
 
-Every sealed block takes a fresh counter (its nonce, and its file name). The
-store reserves counters in ranges of ``COUNTER_RESERVE`` and records the end
-of each range in the ``counter`` file (and, through ``on_reserve``, in smp.db)
-*before* using any of it, so no counter is ever used twice, even across a crash.
+Every sealed block takes a fresh counter: its file name, and the order of two
+versions of one block written by one process. (Up to store format 2 it was
+also the block's nonce; from format 3 on each block has a key of its own from
+a random salt, so no nonce depends on a counter surviving: see
+``smpfs.crypto.keys.StoreKeys.block_aead``.) The store reserves counters in
+ranges of ``COUNTER_RESERVE`` and records the end of each range in the
+``counter`` file (and, through ``on_reserve``, in smp.db) *before* using any
+of it, and opens above every record and every counter its block map holds.
 """
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 from . import diskio
-from .layout import err
 
 COUNTER_RESERVE = 1 << 16          # counters reserved per durable high-water-mark bump
 
@@ -25,7 +27,7 @@ def read_counter_file(path: Path) -> int:
     except FileNotFoundError:
         return 0
     except ValueError:
-        raise err(errno.EIO, f"{path}/{COUNTER_FILE} is damaged: refusing to risk reusing a nonce")
+        return 0               # damaged: the block map and smp.db's record still bound it
 
 
 def write_counter_file(path: Path, value: int) -> None:
@@ -44,22 +46,18 @@ def write_counter_file(path: Path, value: int) -> None:
 
 class NonceCounter:
     """A store's counter source. ``hwm``: the largest record of the high-water
-    mark; ``lost``: the record is gone although blocks were sealed (counting
-    from 0 again would reuse nonces); ``on_reserve(limit)``: durably records a
-    reservation elsewhere too (called before the counter file is written)."""
-    __slots__ = ("path", "on_reserve", "_lost", "_counter", "_limit")
+    mark; ``on_reserve(limit)``: durably records a reservation elsewhere too
+    (called before the counter file is written)."""
+    __slots__ = ("path", "on_reserve", "_counter", "_limit")
 
-    def __init__(self, path: Path, hwm: int, *, lost: bool = False, on_reserve=None):
+    def __init__(self, path: Path, hwm: int, *, on_reserve=None):
         self.path = Path(path)
         self.on_reserve = on_reserve
-        self._lost = lost
         self._counter = hwm                            # never reuse anything at or under hwm
         self._limit = hwm
 
     def next(self) -> int:
         if self._counter >= self._limit:
-            if self._lost:
-                raise err(errno.EIO, f"{self.path}/{COUNTER_FILE} is missing: refusing to risk reusing a nonce")
             # Reserve a range and make the reservation durable *before* using it.
             # It lives in its own small file, not in the batch transaction, so
             # reserving never commits a half-done operation.

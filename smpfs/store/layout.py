@@ -34,9 +34,9 @@ log = logging.getLogger("smpfs.store")
 
 #: The store format this code writes. Every change of what is on disk bumps it
 #: and adds a step to :data:`MIGRATIONS` (and a name to :data:`FEATURES`).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: What each format added, as ``store.json`` lists it in ``features``.
-FEATURES = {2: "inline-blocks"}
+FEATURES = {2: "inline-blocks", 3: "block-keys"}
 ROOT = 1
 NAME_MAX = 255
 
@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     ino INTEGER NOT NULL, blkno INTEGER NOT NULL,
     counter INTEGER NOT NULL, length INTEGER NOT NULL,
     data BLOB,                      -- sealed block kept inline (small blocks), else NULL: in b/
+    salt BLOB,                      -- 16 random bytes: this version's own key (NULL: sealed by format 1-2)
     PRIMARY KEY (ino, blkno)) WITHOUT ROWID;
 """
 
@@ -192,9 +193,15 @@ def _to_v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS dentries_cursor ON dentries (parent, id)")
 
 
+def _to_v3(db: sqlite3.Connection) -> None:
+    """Format 3: each block version sealed under a key of its own, from a random
+    salt in ``blocks.salt``; blocks sealed before keep NULL (counter nonces)."""
+    db.execute("ALTER TABLE blocks ADD COLUMN salt BLOB")
+
+
 #: (version, step): each step brings a store from version-1 to version, in one
 #: transaction of store.db that also records the new version.
-MIGRATIONS = [(2, _to_v2)]
+MIGRATIONS = [(2, _to_v2), (3, _to_v3)]
 
 
 def migrate(path: Path, store_id: str, db: sqlite3.Connection, version: int) -> int:

@@ -73,10 +73,11 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
         self.init_blocks(PROCESS_BUDGET if budget is None else budget)
         # the largest of every record of the high-water mark: the store's own
         # (store.db, counter file) and the SMP's (``min_counter``, from smp.db)
-        hwm = max(int(self._meta("counter_hwm")), read_counter_file(self.path), min_counter)
-        # no counter record but blocks sealed: the record was lost; counting from 0 again would reuse nonces
-        lost = hwm == 0 and self.db.execute("SELECT 1 FROM blocks LIMIT 1").fetchone() is not None
-        self.counter = NonceCounter(self.path, hwm, lost=lost, on_reserve=on_reserve)
+        # and the block map's own largest counter (block files are named by
+        # counters: a new one never names a file the block map points to)
+        hwm = max(int(self._meta("counter_hwm")), read_counter_file(self.path), min_counter,
+                  self.db.execute("SELECT coalesce(max(counter), 0) FROM blocks").fetchone()[0])
+        self.counter = NonceCounter(self.path, hwm, on_reserve=on_reserve)
         self._wal_fd = None
         self._wal_synced = False                       # every commit so far is durable?
         self._commit_seq = 0

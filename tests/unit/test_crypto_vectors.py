@@ -7,12 +7,13 @@ old ones kept for reading old stores."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from smpfs.crypto import chunk
 from smpfs.crypto import keys as key
@@ -30,6 +31,12 @@ BLOCK_SMALL_CTR = (
     "6a56e1b48b03e1ca31416e809279043cea5a4bd4fe9e03fdc7077b5200ed31be9c83ffe3175d8de2d8b1be1788108bf5d7e36a30"
     "6c1115c2295074")
 BLOCK_3CHUNKS_CTR_SHA256 = "e1c2cea907d2d2bc9e05eb7e8aba6b53e9754ceee43726110fc915e958047d2d"
+# format 3 on: a key per block version from its salt, nonce = 0^8 || chunk index (u32 BE)
+SALT = bytes(range(16))
+BLOCK_SMALL_SALT = (
+    "88c76a49d5991d3faf444eb98af139ffc7e71275ae900e8db35b513b9755961c50ceb7a07677333d1cd760b47993fa5ef03695c2"
+    "c410ca310a7929959a7fd1fce4d0bfb086d78ec9a519b3b48c43a6d188598ad96ad9b6e9306e8a6b4099c9492bde67b83990043569"
+    "a5f6c4c291bd")
 NAME = "22a96717eccc5840bb76d49493b6e164b3f22504b08838368d301b"
 XATTR_NAME = "0e139b42388586aebbe6d3771bec3d51d9f33ee907fb"
 XATTR_VALUE = "6465666768696a6b6c6d6e6faa0bed81873ee9654c8ee3475a208029a8f1e43e5bcdb2b189"
@@ -59,6 +66,19 @@ def test_counter_block_layout_is_the_documented_one():
     ad = b"smpfsB1\0" + sid + struct.pack("<QQIB", 5, 2, 0, 1)
     nonce = (0x0102030405).to_bytes(8, "big") + (0).to_bytes(4, "big")
     assert AESGCM(content).encrypt(nonce, SMALL, ad).hex() == BLOCK_SMALL_CTR
+
+
+def test_salted_block_sealing_known_answer(keys):
+    sealed = chunk.encrypt_block(keys.block_aead(SALT), keys.store_id, 5, 2, 0, SMALL)
+    assert bytes(sealed).hex() == BLOCK_SMALL_SALT
+    assert chunk.decrypt_chunks(keys.block_aead(SALT), keys.store_id, 5, 2, 0, len(SMALL), 0,
+                                bytes.fromhex(BLOCK_SMALL_SALT)) == SMALL
+    # rebuilt from the documented construction: HKDF-Expand of the blocks sub-key
+    prk = HKDF(hashes.SHA256(), 32, salt=None, info=b"smpfs-v1:blocks").derive(DATA_KEY)
+    block_key = hmac.digest(prk, b"smpfs-v3:block" + SALT + b"\x01", "sha256")
+    assert block_key == HKDFExpand(hashes.SHA256(), 32, b"smpfs-v3:block" + SALT).derive(prk)
+    ad = b"smpfsB1\0" + bytes.fromhex(SID) + struct.pack("<QQIB", 5, 2, 0, 1)
+    assert AESGCM(block_key).encrypt(bytes(12), SMALL, ad).hex() == BLOCK_SMALL_SALT
 
 
 def test_name_sealing_known_answer(keys):
