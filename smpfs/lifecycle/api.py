@@ -17,7 +17,7 @@ import time
 from ..crypto import keys as keymod
 from ..errors import NotFound, PermissionDenied, UsageError
 from ..units import parse_duration
-from . import association, audit, computer, folder, release, request, retention
+from . import association, audit, computer, folder, netconfig, release, request, retention
 
 
 def _need_root(smp, caller: int, command: str) -> None:
@@ -61,6 +61,15 @@ def _computer_remove(smp, caller, name):
     return computer.remove_computer(smp, name)
 
 
+def _computer_secret(smp, caller, name, rotate=False):
+    return computer.secret(smp, caller, name, rotate=bool(rotate))
+
+
+def _computer_auth(smp, caller, name, secret_value):
+    """Used by the network services (as root) to check a computer's secret."""
+    return computer.authenticate(smp, name, secret_value)
+
+
 def _associate(smp, caller, source, dest):
     return association.associate(smp, source, dest, uid=caller)
 
@@ -89,7 +98,8 @@ def _folder_remove(smp, caller, path, force=False):
 
 
 def _config(smp, caller, restore_only=None, server=None, delete_after=None,
-            delete_immediately=False, reapply_retention=False):
+            delete_immediately=False, reapply_retention=False,
+            smb_port=None, http=None, tls_cert=None, tls_key=None):
     """Show settings; set any given. ``delete_after`` is a duration ('7d') or seconds."""
     if delete_after is not None and delete_immediately:
         raise UsageError("give --delete-after or --delete-immediately, not both")
@@ -113,7 +123,11 @@ def _config(smp, caller, restore_only=None, server=None, delete_after=None,
     if reapply_retention:
         moved = retention.reapply_retention(smp, uid=caller)
         result["reapplied"] = moved
+    if any(v is not None for v in (smb_port, http, tls_cert, tls_key)):
+        for name, (old, new) in netconfig.configure(smp, smb_port, http, tls_cert, tls_key).items():
+            audit.record(smp, caller, "config", setting=name, old=old, new=new)
     result.update(smp.settings())
+    result.update(netconfig.describe(smp))
     return result
 
 
@@ -151,7 +165,8 @@ def _status(smp, caller):
             "computers": computer.list_computers(smp),
             "associations": association.list_associations(smp),
             "deleted_bytes_total": smp.query_one(
-                "SELECT COALESCE(SUM(bytes_freed),0) AS n FROM stores")["n"]}
+                "SELECT COALESCE(SUM(bytes_freed),0) AS n FROM stores")["n"],
+            **netconfig.describe(smp)}
 
 
 def _log(smp, caller, since_id=0, limit=None):
@@ -179,6 +194,8 @@ COMMANDS = {
     "computer_add": _computer_add,
     "computer_list": _computer_list,
     "computer_remove": _computer_remove,
+    "computer_secret": _computer_secret,
+    "computer_auth": _computer_auth,
     "associate": _associate,
     "association_list": _association_list,
     "association_remove": _association_remove,

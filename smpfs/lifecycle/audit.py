@@ -14,7 +14,7 @@ import time
 
 from ..errors import PermissionDenied, SmpError
 
-_FORBIDDEN = ("key", "recovery_key", "data_key", "wrapped_key", "master")
+_FORBIDDEN = ("key", "recovery_key", "data_key", "wrapped_key", "master", "secret", "nt_hash")
 
 
 def record(smp, uid, action: str, computer: str | None = None, store_id: str | None = None,
@@ -23,6 +23,7 @@ def record(smp, uid, action: str, computer: str | None = None, store_id: str | N
     assert outcome in ("ok", "denied", "error"), outcome
     bad = [k for k in detail if k in _FORBIDDEN]
     assert not bad, f"secrets must never reach the audit log: {bad}"
+    detail = {**getattr(smp, "audit_context", {}), **detail}
     with smp.tx():
         cur = smp.conn.execute(
             "INSERT INTO audit (ts, uid, computer, action, store_id, outcome, detail) "

@@ -1,6 +1,12 @@
 """Computers: a (case-insensitive, NetBIOS-like) name mapped to the Unix uid its
 migration tool runs as. The kernel tells the SMP who calls (peer credentials),
 so a computer is identified by its uid, never by a name it claims.
+
+Over the network a computer proves who it is with its **secret** (made by
+``computer add``, shown and rotated by ``computer secret``): smp.db keeps it
+wrapped under the master key and an HTTPS verifier of it; Samba's passdb gets
+its NT hash (see smpfs.crypto.secrets). Nothing here returns the secret except
+:func:`secret`, and nothing logs or audits it.
 """
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ import pwd
 import re
 import time
 
+from ..crypto import secrets as secretmod
 from ..errors import Conflict, PermissionDenied, UnknownComputer, UsageError
 from . import audit
+
+#: What a computer row shows (never the wrapped secret or its verifier).
+_PUBLIC = "name, uid, created_at, secret_set_at"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -41,14 +51,18 @@ def add_computer(smp, name: str, uid) -> dict:
         if (c := by_uid(smp, uid)) is not None:
             raise Conflict(f"uid {uid} is already computer {c['name']}",
                            "each computer needs its own uid")
-        smp.conn.execute("INSERT INTO computers (name, uid, created_at) VALUES (?,?,?)",
-                         (name, uid, time.time()))
+        secret = secretmod.new_secret()
+        now = time.time()
+        smp.conn.execute("INSERT INTO computers (name, uid, created_at, secret_wrapped, secret_verifier,"
+                         " secret_set_at) VALUES (?,?,?,?,?,?)",
+                         (name, uid, now, secretmod.wrap_secret(smp.master_key(), name, secret),
+                          secretmod.make_verifier(secret), now))
     audit.record(smp, 0, "computer_add", computer=name, computer_uid=uid)
     return get(smp, name)
 
 
 def get(smp, name: str, missing_ok: bool = False) -> dict | None:
-    row = smp.query_one("SELECT * FROM computers WHERE name=?", (name,))
+    row = smp.query_one(f"SELECT {_PUBLIC} FROM computers WHERE name=?", (name,))
     if row is None and not missing_ok:
         raise UnknownComputer(f"unknown computer {name!r}",
                               f"an admin adds it with `smpfs computer add {name} --uid UID`")
@@ -56,11 +70,11 @@ def get(smp, name: str, missing_ok: bool = False) -> dict | None:
 
 
 def by_uid(smp, uid: int) -> dict | None:
-    return smp.query_one("SELECT * FROM computers WHERE uid=?", (uid,))
+    return smp.query_one(f"SELECT {_PUBLIC} FROM computers WHERE uid=?", (uid,))
 
 
 def list_computers(smp) -> list[dict]:
-    return smp.query("SELECT * FROM computers ORDER BY name")
+    return smp.query(f"SELECT {_PUBLIC} FROM computers ORDER BY name")
 
 
 def remove_computer(smp, name: str) -> dict:
@@ -95,3 +109,51 @@ def resolve_caller(smp, caller_uid: int, computer: str | None, action: str) -> d
     if computer and computer.lower() != mine["name"].lower():
         raise PermissionDenied(f"uid {caller_uid} is computer {mine['name']} and cannot act for {computer}")
     return mine
+
+
+# -- secrets --------------------------------------------------------------------
+
+def secret(smp, caller_uid: int, name: str, rotate: bool = False) -> dict:
+    """The computer's secret (root only, audited); ``rotate`` makes a new one first
+    (the old one stops working at once; a computer from before secrets gets one)."""
+    c = get(smp, name)
+    row = smp.query_one("SELECT secret_wrapped FROM computers WHERE name=?", (c["name"],))
+    if rotate or row["secret_wrapped"] is None:
+        value = secretmod.new_secret()
+        with smp.tx():
+            smp.conn.execute("UPDATE computers SET secret_wrapped=?, secret_verifier=?, secret_set_at=?"
+                             " WHERE name=?", (secretmod.wrap_secret(smp.master_key(), c["name"], value),
+                                               secretmod.make_verifier(value), time.time(), c["name"]))
+        audit.record(smp, caller_uid, "computer_secret_rotate", computer=c["name"])
+        return {"name": c["name"], "secret_value": value, "rotated": True}
+    value = secretmod.unwrap_secret(smp.master_key(), c["name"], row["secret_wrapped"])
+    audit.record(smp, caller_uid, "computer_secret_show", computer=c["name"])
+    return {"name": c["name"], "secret_value": value, "rotated": False}
+
+
+def authenticate(smp, name: str, secret_value: str) -> dict:
+    """The computer ``name`` if ``secret_value`` is its secret; else PermissionDenied,
+    audited (with whatever ``smp.audit_context`` says, e.g. the client's address).
+    An unknown name and a wrong secret are refused alike."""
+    row = None
+    if _NAME.fullmatch(name or ""):
+        row = smp.query_one("SELECT name, uid, secret_verifier FROM computers WHERE name=?", (name,))
+    ok = secretmod.check_verifier(row["secret_verifier"] if row else None, secret_value or "")
+    if not ok:
+        err = PermissionDenied(f"wrong computer name or secret for {name!r}",
+                               "check --computer and --secret-file (an admin shows the secret with "
+                               "`smpfs computer secret NAME`)")
+        audit.record_failure(smp, None, "authenticate", err, computer=(name or "")[:64])
+        raise err
+    return {"name": row["name"], "uid": row["uid"]}
+
+
+def smb_accounts(smp) -> list[dict]:
+    """Every computer with a secret: name, uid and NT hash, for Samba's passdb.
+    Only the network layer calls this, to write its root-only passdb."""
+    out = []
+    for r in smp.query("SELECT name, uid, secret_wrapped FROM computers WHERE secret_wrapped IS NOT NULL"
+                       " ORDER BY name"):
+        value = secretmod.unwrap_secret(smp.master_key(), r["name"], r["secret_wrapped"])
+        out.append({"name": r["name"], "uid": r["uid"], "nt_hash": secretmod.nt_hash(value)})
+    return out

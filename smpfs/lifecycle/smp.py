@@ -90,7 +90,15 @@ _SCHEMA_V2 = """
 ALTER TABLE stores ADD COLUMN nonce_hwm INTEGER NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2)]
+#: v3: each computer's secret, wrapped under the master key (so an admin can
+#: show it again), and its HTTPS verifier (see smpfs.crypto.secrets).
+_SCHEMA_V3 = """
+ALTER TABLE computers ADD COLUMN secret_wrapped BLOB;
+ALTER TABLE computers ADD COLUMN secret_verifier TEXT;
+ALTER TABLE computers ADD COLUMN secret_set_at REAL;
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -126,6 +134,10 @@ class Smp:
         #: retention, association/folder removal, retire). The daemon passes it to
         #: stop serving the store (close it, invalidate the kernel's caches).
         self.before_delete = before_delete
+        #: Added to every audit entry made through this connection: the network
+        #: layer sets e.g. {"via": "https", "address": "10.0.0.7"} on the
+        #: connection it runs one remote call on.
+        self.audit_context: dict = {}
 
     # -- creating and opening ------------------------------------------------
 
