@@ -5,7 +5,8 @@
 # On a fresh Debian machine, as root, it makes everything smpfs needs exist,
 # and does nothing it does not have to on a machine that already has it:
 #   1. Debian packages: fuse3 (fusermount3), libfuse3-dev + pkg-config (to
-#      build pyfuse3), rsync, attr, tar (used by the tests); a C compiler and
+#      build pyfuse3), rsync, attr, tar (used by the tests), samba + smbclient +
+#      libnss-wrapper (the SMB service and its tests); a C compiler and
 #      Python headers if missing. `apt-get update` runs first, only when
 #      something has to be installed.
 #   2. /dev/fuse (tries `modprobe fuse` when it is missing).
@@ -18,7 +19,7 @@
 
 SMPFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SMPFS_VENV="$SMPFS_ROOT/.venv"
-SMPFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rsync attr tar python3-venv)
+SMPFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rsync attr tar python3-venv samba smbclient libnss-wrapper)
 
 _smpfs_say() { printf '==> %s\n' "$*" >&2; }
 _smpfs_die() { printf 'smpfs setup: %s\n' "$*" >&2; exit 1; }
@@ -100,7 +101,7 @@ smpfs_user_venv() {
         # the unit tier needs no FUSE, and smpfs is imported from the checkout
         # (PYTHONPATH), which this user may not be able to write to
         "$SMPFS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
-            cryptography sqlite-utils click trio pytest pytest-trio hypothesis \
+            cryptography sqlite-utils click trio h11 pytest pytest-trio hypothesis \
             || _smpfs_die "pip install failed in $SMPFS_VENV"
     fi
     export PYTHONPATH="$SMPFS_ROOT${PYTHONPATH:+:$PYTHONPATH}"

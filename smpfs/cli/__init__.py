@@ -15,11 +15,23 @@ each other module registers one domain's commands on it:
 * ``mounting``: mount, umount, log-level;
 * ``reports``: status, log;
 * ``recovery``: key show, recover, fsck, retention run, retire;
-* ``site``: plan, site check (a site of several SMPs).
+* ``site``: plan, site check (a site of several SMPs);
+* ``network``: computer secret, and the network lines of config and status;
+* ``client``: the remote computer's ``client request|release``.
 """
 from __future__ import annotations
 
-from . import computers, mounting, recovery, reports, setup, site, steps  # noqa: F401  (they register commands)
+from . import (  # noqa: F401  (they register commands)
+    client,
+    computers,
+    mounting,
+    network,
+    recovery,
+    reports,
+    setup,
+    site,
+    steps,
+)
 from .base import main
 
 __all__ = ["main"]

@@ -20,7 +20,11 @@ def mount(obj, mountpoint, foreground, debug):
       ls '/srv/smp/SMPSTORED_3A9F01C2$/'
     """
     from ..mount import daemon
-    daemon.mount(obj.state, mountpoint, foreground=foreground, debug=debug)
+    services = ()
+    if foreground:             # the daemon itself: it serves what `smpfs config` set up
+        from ..network import services_for
+        services = services_for(obj.state)
+    daemon.mount(obj.state, mountpoint, foreground=foreground, debug=debug, services=services)
 
 
 @main.command()

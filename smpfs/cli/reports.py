@@ -8,6 +8,7 @@ import click
 
 from ..units import format_size
 from .base import emit_json, json_option, main, print_folders, print_settings, run, table, want_json, when
+from .network import print_network
 
 
 @main.command()
@@ -25,6 +26,7 @@ def status(as_json):
     click.echo(f"SMP state dir: {r['state_dir']}")
     click.echo(f"mounted at:    {r['mountpoint'] or 'not mounted'}")
     print_settings(r["settings"])
+    print_network(r)
     click.echo(f"next deletion: {when(r['next_deadline'])}")
     click.echo(f"space freed by deletions: {format_size(r['deleted_bytes_total'])}")
     click.echo("\nStorage folders:")

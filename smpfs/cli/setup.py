@@ -7,6 +7,7 @@ import click
 
 from ..lifecycle.smp import Smp
 from .base import emit_json, json_option, main, print_folders, print_settings, run, want_json, when
+from .network import network_options, print_network
 
 
 @main.command()
@@ -47,8 +48,10 @@ def init(obj, server, folder, max_clients, min_free, as_json):
 @click.option("--delete-immediately", is_flag=True, help="Delete stores as soon as their restore is released.")
 @click.option("--reapply-retention", is_flag=True,
               help="Move the deadlines of restored stores to the current policy (audited).")
+@network_options
 @json_option
-def config(restore_only, server, delete_after, delete_immediately, reapply_retention, as_json):
+def config(restore_only, server, delete_after, delete_immediately, reapply_retention, as_json,
+           smb_port=None, http=None, tls_cert=None, tls_key=None):
     """Show or change the SMP settings.
 
     A policy change applies to restores released afterwards; deadlines
@@ -59,14 +62,17 @@ def config(restore_only, server, delete_after, delete_immediately, reapply_reten
       smpfs config
       smpfs config --restore-only on
       smpfs config --delete-after 7d --reapply-retention
+      smpfs config --smb-port 445 --http 0.0.0.0:8443    (served from the next mount)
     """
     if delete_after and delete_immediately:
         raise click.UsageError("give --delete-after or --delete-immediately, not both")
     r = run("config", restore_only=restore_only, server=server, delete_after=delete_after,
-            delete_immediately=delete_immediately or None, reapply_retention=reapply_retention or None)
+            delete_immediately=delete_immediately or None, reapply_retention=reapply_retention or None,
+            smb_port=smb_port, http=http, tls_cert=tls_cert, tls_key=tls_key)
     if want_json(as_json):
         return emit_json(r)
     print_settings(r)
+    print_network(r)
     for m in r.get("reapplied", []):
         click.echo(f"  store {m['store_id'][:12]}…: delete at {when(m['old_delete_at'])} -> {when(m['delete_at'])}")
 

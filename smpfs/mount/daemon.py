@@ -9,7 +9,13 @@ returns once the mount answers. The daemon runs, in one trio loop:
   lifecycle commands; the caller's uid comes from ``SO_PEERCRED``;
 * a commit timer (batch commits every second, a durable point every few);
 * the retention timer, sleeping until the next deadline;
-* a signal receiver: SIGTERM / SIGINT unmount cleanly.
+* a signal receiver: SIGTERM / SIGINT unmount cleanly;
+* the **services** it was given (the CLI composes the network layer's SMB and
+  HTTPS services here; this layer does not know them): each is started with
+  ``await nursery.start(service.run, daemon)`` before the mount says READY,
+  is told ``service.changed(cmd, result)`` after every lifecycle command, and
+  is stopped (``await service.stop()``) before the unmount. A service runs
+  commands with :meth:`Daemon.call`, like the control socket does.
 """
 from __future__ import annotations
 
@@ -91,13 +97,15 @@ def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
     return smp
 
 
-def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False) -> None:
+def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, services=()) -> None:
+    """Mount; ``services`` (foreground only) run inside the daemon, see the module doc.
+    In the background the daemon is ``smpfs mount --foreground``, which composes them."""
     state_dir = Path(state_dir).absolute()
     mountpoint = Path(mountpoint).absolute()
     smp = preflight(state_dir, mountpoint)
     smp.close()
     if foreground:
-        Daemon(state_dir, mountpoint, debug=debug).run()
+        Daemon(state_dir, mountpoint, debug=debug, services=services).run()
         return
     r, w = os.pipe()
     env = dict(os.environ, SMPFS_READY_FD=str(w))
@@ -131,6 +139,11 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> None:
     info = daemon_info(state_dir)
     if not os.path.ismount(mountpoint):
         raise NotMountedError(f"{mountpoint} is not mounted")
+    if info:
+        try:                    # network services hold the mount busy while they serve
+            control.call(state_dir, "services_stop", timeout=60)
+        except SmpError:
+            pass
     r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if r.returncode != 0:
         err = r.stderr.strip()
@@ -155,7 +168,8 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> None:
 # -- the daemon ----------------------------------------------------------------------
 
 class Daemon:
-    def __init__(self, state_dir: Path, mountpoint: Path, debug: bool = False):
+    def __init__(self, state_dir: Path, mountpoint: Path, debug: bool = False, services=()):
+        self.services = list(services)
         self.state_dir = state_dir
         self.mountpoint = mountpoint
         self.debug = debug
@@ -334,6 +348,12 @@ class Daemon:
             self.nursery = nursery
             await nursery.start(self.ops.wb.run)
             await nursery.start(control.serve, self.state_dir / control.SOCKET_NAME, self._command)
+            for service in self.services:
+                try:
+                    await nursery.start(service.run, self)
+                except SmpError as e:
+                    self._tell_parent(f"ERROR {e.exit_code} {e}")
+                    raise
             nursery.start_soon(self._signals)
             nursery.start_soon(self._commit_timer)
             nursery.start_soon(self._retention_timer)
@@ -341,6 +361,7 @@ class Daemon:
             self._tell_parent("READY")
             _sd_notify("READY=1\nSTATUS=serving " + str(self.mountpoint))
             await pyfuse3.main()
+            await self._stop_services()
             await self.ops.stores.drain_all()
             self.ops.stores.stop_writeback()
             nursery.cancel_scope.cancel()
@@ -350,11 +371,19 @@ class Daemon:
         await trio.sleep(0.3)
         await trio.to_thread.run_sync(_set_readahead, self.mountpoint)
 
+    async def _stop_services(self) -> None:
+        for service in self.services:
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
+
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for sig in sigs:
                 log.info("signal %s: unmounting", signal.Signals(sig).name)
                 _sd_notify("STOPPING=1")
+                await self._stop_services()
                 pyfuse3.terminate()
                 return
 
@@ -395,12 +424,13 @@ class Daemon:
                 finally:
                     self.refresh()
 
-    async def _in_worker(self, fn, *args):
+    async def _in_worker(self, fn, *args, audit_context=None):
         """Run a lifecycle function in a worker thread on its own connection, so
         retries that sleep and deletions that remove many files never stall the
         filesystem. Its before_delete hook hops back to this thread."""
         def work():
             smp = Smp.open(self.state_dir, lambda row: trio.from_thread.run_sync(self._before_delete, row))
+            smp.audit_context = dict(audit_context or {})
             try:
                 return fn(smp, *args)
             finally:
@@ -433,9 +463,24 @@ class Daemon:
             logging.getLogger("smpfs").setLevel(level)
             log.warning("log level set to %s", level)
             return {"level": level.lower()}
-        result = await self._in_worker(api.dispatch, uid, cmd, args)
+        if cmd == "services_stop":
+            if uid != 0:
+                raise PermissionDenied("stopping the network services is for the SMP admin (root)")
+            await self._stop_services()
+            return {"stopped": [type(s).__name__ for s in self.services]}
+        return await self.call(uid, cmd, args)
+
+    async def call(self, uid: int, cmd: str, args: dict, audit_context: dict | None = None) -> dict:
+        """Run a lifecycle command for ``uid`` (api.dispatch) and act on what it changed;
+        ``audit_context`` is added to its audit entries (e.g. a client's address)."""
+        result = await self._in_worker(api.dispatch, uid, cmd, args, audit_context=audit_context)
         self.refresh(result.get("changed_stores"))
         self.wake_retention.set()
+        for service in self.services:
+            try:
+                service.changed(cmd, result)
+            except Exception:
+                log.exception("%s could not follow %s", type(service).__name__, cmd)
         return result
 
 

@@ -1,0 +1,351 @@
+"""The state stores over SMB: Samba's ``smbd``, configured and run by smpfs.
+
+Everything of this Samba lives under ``STATE/smb/`` (mode 0700): its own
+``smb.conf``, private dir and passdb (tdbsam), lock/state/cache/pid/ncalrpc
+dirs and log. ``smbd -s STATE/smb/smb.conf --foreground --no-process-group``
+never reads or writes the host's /etc/samba or /var/lib/samba.
+
+**Who is who.** Samba maps an account to a Unix user by name (getpwnam). A
+computer's uid need not be a user of the host, and users of the host must
+get nothing over SMB, so smbd runs with Samba's own ``nss_wrapper``
+(``LD_PRELOAD``): its user database is ``STATE/smb/passwd`` and
+``STATE/smb/group``, listing root, nobody and the computers (name -> uid)
+and no one else. The passdb holds exactly the computers with a secret, by
+their NT hash. A computer logged on over SMB therefore reaches the mount as
+its own uid (no ``force user``) and the FUSE layer's access table decides
+every open, read and write; an account of the host that is not a computer,
+an unknown name or a wrong secret is a logon failure.
+
+**Shares.** One per storage folder, ``SMPSTORED_xxxxxxxx$``, pointing at the
+same share directory in the mount; not browseable. Wire settings (SMB 3.1.1
+only, encryption required, no oplocks/leases, no xattrs) are explained in
+docs/network.md.
+
+Computers added, removed or given a new secret while mounted are put into
+the passdb at once (``changed``); new folders become shares (smbd reloads
+its configuration on SIGHUP).
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import trio
+
+from ..errors import MountError
+from ..lifecycle import computer, folder
+from ..lifecycle.smp import Smp
+
+log = logging.getLogger("smpfs.network.smb")
+
+SMB_DIR = "smb"
+_DIRS = ("private", "lock", "state", "cache", "pid", "ncalrpc", "log")
+#: lifecycle commands after which the passdb or the shares may differ
+_FOLLOW = {"computer_add", "computer_remove", "computer_secret", "folder_add", "folder_remove", "config"}
+NSS_WRAPPER_GLOBS = ("/usr/lib/*/libnss_wrapper.so", "/usr/lib64/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so")
+
+
+def find_nss_wrapper() -> str:
+    env = os.environ.get("SMPFS_NSS_WRAPPER")
+    for cand in ([env] if env else []) + [p for g in NSS_WRAPPER_GLOBS for p in sorted(glob.glob(g))]:
+        if cand and os.path.exists(cand):
+            return cand
+    raise MountError("SMB needs Samba's nss_wrapper library (libnss_wrapper.so), which is not installed",
+                     "Debian: apt-get install samba libnss-wrapper")
+
+
+def find_tool(name: str) -> str:
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if path is None:
+        raise MountError(f"SMB needs Samba's {name}, which is not installed", "Debian: apt-get install samba")
+    return path
+
+
+class SmbService:
+    """smbd serving the mount's shares, run inside the mount daemon."""
+
+    def __init__(self, state_dir, address: str, port: int):
+        self.state_dir = Path(state_dir)
+        self.dir = self.state_dir / SMB_DIR
+        self.address, self.port = address, port
+        self.mountpoint: Path | None = None
+        self.proc: trio.Process | None = None
+        self.scope: trio.CancelScope | None = None
+        self.nursery = None
+        self.stopping = False
+        self.users: set[str] = set()
+        self.shares: list[str] = []
+        self.env: dict = {}
+        self.lock = trio.Lock()
+        self.pending = False
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "smb.conf"
+
+    # -- the service interface (smpfs.mount.daemon) ---------------------------------
+
+    async def run(self, host, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.mountpoint = Path(host.mountpoint)
+        smbd = find_tool("smbd")
+        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": find_nss_wrapper(),
+                    "NSS_WRAPPER_PASSWD": str(self.dir / "passwd"), "NSS_WRAPPER_GROUP": str(self.dir / "group"),
+                    "LANG": "C"}
+        await trio.to_thread.run_sync(self._prepare)
+        logf = open(self.dir / "log" / "smbd.out", "ab")
+        try:
+            self.proc = await trio.lowlevel.open_process(
+                [smbd, "-s", str(self.conf), "--foreground", "--no-process-group"],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        finally:
+            logf.close()
+        try:
+            with trio.CancelScope() as self.scope:
+                await self._wait_listening()
+                log.info("serving SMB on %s:%d (smbd pid %d)", self.address, self.port, self.proc.pid)
+                async with trio.open_nursery() as self.nursery:
+                    task_status.started()
+                    await self.proc.wait()
+                    if not self.stopping:
+                        log.error("smbd exited (%s); SMB is no longer served: see %s",
+                                  self.proc.returncode, self.dir / "log")
+                    self.nursery.cancel_scope.cancel()
+        finally:
+            self.nursery = None
+            with trio.CancelScope(shield=True):
+                await self._terminate()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.scope is not None:
+            self.scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self._terminate()
+
+    def changed(self, cmd: str, result: dict) -> None:
+        if cmd == "computer_secret" and not result.get("rotated"):
+            return
+        if cmd in _FOLLOW and self.nursery is not None and not self.stopping:
+            self.pending = True
+            self.nursery.start_soon(self._resync)
+
+    # -- starting and stopping smbd ----------------------------------------------------
+
+    async def _wait_listening(self, timeout: float = 20.0) -> None:
+        addr = "127.0.0.1" if self.address in ("0.0.0.0", "") else ("::1" if self.address == "::" else self.address)
+        deadline = trio.current_time() + timeout
+        while True:
+            if self.proc.returncode is not None or self.proc.poll() is not None:
+                raise MountError(f"smbd exited ({self.proc.returncode}) before serving SMB on port {self.port}: "
+                                 f"{_tail(self.dir / 'log' / 'smbd.out')}{_tail(self.dir / 'log' / 'smbd.log')}",
+                                 "is the port in use? pick another with `smpfs config --smb-port PORT`")
+            try:
+                s = trio.socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+                with s:
+                    await s.connect((addr, self.port))
+                return
+            except OSError:
+                pass
+            if trio.current_time() > deadline:
+                raise MountError(f"smbd did not start serving port {self.port} within {timeout:.0f}s",
+                                 f"see {self.dir / 'log'}")
+            await trio.sleep(0.05)
+
+    async def _terminate(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)          # smbd and the children it forked for clients
+            except ProcessLookupError:
+                pass
+            with trio.move_on_after(wait):
+                await proc.wait()
+                break
+        # children may outlive the parent for a moment; the group is ours alone
+        for _ in range(50):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            await trio.sleep(0.05)
+        log.info("smbd stopped")
+
+    async def _resync(self) -> None:
+        """One sync at a time; changes that arrive during one are all picked up by the next."""
+        async with self.lock:
+            if not self.pending:
+                return
+            self.pending = False
+            try:
+                shares_changed = await trio.to_thread.run_sync(self._sync)
+                if shares_changed and self.proc is not None:
+                    self.proc.send_signal(signal.SIGHUP)
+            except Exception:
+                log.exception("could not bring Samba's passdb and shares up to date")
+
+    # -- files -------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        for d in _DIRS:
+            (self.dir / d).mkdir(mode=0o700, exist_ok=True)
+        # a fresh passdb every mount: it holds exactly today's computers and secrets
+        for name in ("passdb.tdb", "passdb.tdb.bak"):
+            try:
+                os.unlink(self.dir / "private" / name)
+            except FileNotFoundError:
+                pass
+        self.users = set()
+        self._sync(force_conf=True)
+
+    def _sync(self, force_conf: bool = False) -> bool:
+        """Write passwd/group, smb.conf and the passdb from smp.db; True if the shares changed."""
+        smp = Smp.open(self.state_dir)
+        try:
+            accounts = computer.smb_accounts(smp)
+            shares = [(f["share_name"], f["path"]) for f in folder.list_folders(smp)]
+            server = smp.setting("server")
+        finally:
+            smp.close()
+        _write(self.dir / "passwd", "root:x:0:0:root:/root:/bin/false\n"
+               "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+               + "".join(f"{a['name']}:x:{a['uid']}:{a['uid']}:smpfs computer:/nonexistent:/bin/false\n"
+                         for a in accounts), 0o644)
+        _write(self.dir / "group", "root:x:0:\nnogroup:x:65534:\n"
+               + "".join(f"{a['name']}:x:{a['uid']}:\n" for a in accounts), 0o644)
+        share_names = [s for s, _ in shares]
+        changed = share_names != self.shares
+        if changed or force_conf:
+            _write(self.conf, self._conf_text(server, share_names), 0o600)
+            self.shares = share_names
+        now = int(time.time())
+        pw = self.dir / "private" / "import.smbpasswd"
+        _write(pw, "".join(f"{a['name']}:{a['uid']}:{'X' * 32}:{a['nt_hash']}:[UX         ]:LCT-{now:08X}:\n"
+                           for a in accounts), 0o600)
+        try:
+            if accounts:
+                self._pdbedit("-i", f"smbpasswd:{pw}", "-e", f"tdbsam:{self.dir / 'private' / 'passdb.tdb'}")
+        finally:
+            os.unlink(pw)
+        names = {a["name"] for a in accounts}
+        for gone in self.users - names:
+            self._pdbedit("-x", "-u", gone)
+        self.users = names
+        return changed
+
+    def _pdbedit(self, *args: str) -> None:
+        r = subprocess.run([find_tool("pdbedit"), "-s", str(self.conf), *args], env=self.env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise MountError(f"pdbedit {args[0]} failed: {(r.stderr or r.stdout).strip()[-300:]}")
+
+    def _conf_text(self, server: str, shares: list[str]) -> str:
+        d = self.dir
+        listen = ""
+        if self.address not in ("0.0.0.0", "::", ""):
+            listen = f"   interfaces = {self.address}\n   bind interfaces only = yes\n"
+        glob_ = f"""# Written by smpfs at every mount; edits are lost. See docs/network.md.
+[global]
+   netbios name = {server[:15]}
+   server string = smpfs State Migration Point
+   server role = standalone server
+   workgroup = WORKGROUP
+   smb ports = {self.port}
+{listen}   disable netbios = yes
+   private dir = {d / 'private'}
+   lock directory = {d / 'lock'}
+   state directory = {d / 'state'}
+   cache directory = {d / 'cache'}
+   pid directory = {d / 'pid'}
+   ncalrpc dir = {d / 'ncalrpc'}
+   passdb backend = tdbsam:{d / 'private' / 'passdb.tdb'}
+   logging = file
+   log file = {d / 'log' / 'smbd.log'}
+   max log size = 10000
+   log level = 1
+   # who: computers only, by their secret; no guests, no anonymous listing
+   map to guest = Never
+   restrict anonymous = 2
+   guest account = nobody
+   invalid users = root
+   ntlm auth = ntlmv2-only
+   lanman auth = no
+   # the wire: SMB 3.1.1 (pre-authentication integrity), signed and encrypted
+   server min protocol = SMB3_11
+   server signing = mandatory
+   server smb encrypt = required
+   # the mount decides access and may revoke it at a release: no client caching
+   oplocks = no
+   level2 oplocks = no
+   smb2 leases = no
+   kernel oplocks = no
+   kernel share modes = no
+   posix locking = no
+   # what the mount stores: data, names, sizes, times; no DOS attributes or EAs
+   ea support = no
+   store dos attributes = no
+   map archive = no
+   map hidden = no
+   map system = no
+   map readonly = no
+   follow symlinks = no
+   unix extensions = no
+   # files readable by the destination computer once the capture is released
+   create mask = 0644
+   force create mode = 0644
+   directory mask = 0755
+   force directory mode = 0755
+   load printers = no
+   printing = bsd
+   printcap name = /dev/null
+   disable spoolss = yes
+   usershare path =
+   host msdfs = no
+   deadtime = 15
+"""
+        parts = [glob_]
+        for share in shares:
+            parts.append(f"""
+[{share}]
+   path = {self.mountpoint / share}
+   browseable = no
+   read only = no
+   guest ok = no
+""")
+        return "".join(parts)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, n: int = 400) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:].strip() + " "
+    except OSError:
+        return ""
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the daemon dies, so smbd never outlives its mount."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)        # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
