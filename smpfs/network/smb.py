@@ -1,9 +1,11 @@
 """The state stores over SMB: Samba's ``smbd``, configured and run by smpfs.
 
 Everything of this Samba lives under ``STATE/smb/`` (mode 0700): its own
-``smb.conf``, private dir and passdb (tdbsam), lock/state/cache/pid/ncalrpc
-dirs and log. ``smbd -s STATE/smb/smb.conf --foreground --no-process-group``
-never reads or writes the host's /etc/samba or /var/lib/samba.
+``smb.conf``, private dir and passdb (tdbsam) and log; its volatile
+lock/state/cache/pid/ncalrpc dirs, whose databases name open files, live on
+a tmpfs (:func:`runtime_dir`) and are removed when it stops.
+``smbd -s STATE/smb/smb.conf --foreground --no-process-group`` never reads
+or writes the host's /etc/samba or /var/lib/samba.
 
 **Who is who.** Samba maps an account to a Unix user by name (getpwnam). A
 computer's uid need not be a user of the host, and users of the host must
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -47,7 +50,11 @@ from ..lifecycle.smp import Smp
 log = logging.getLogger("smpfs.network.smb")
 
 SMB_DIR = "smb"
-_DIRS = ("private", "lock", "state", "cache", "pid", "ncalrpc", "log")
+_DIRS = ("private", "log")
+#: Samba's volatile databases: they hold the names of open files (locking.tdb),
+#: so they live in RAM (a tmpfs), never in the state dir
+_RUN_DIRS = ("lock", "state", "cache", "pid", "ncalrpc")
+RUNTIME_BASES = ("/run", "/dev/shm")
 #: lifecycle commands after which the passdb or the shares may differ
 _FOLLOW = {"computer_add", "computer_remove", "computer_secret", "folder_add", "folder_remove", "config"}
 NSS_WRAPPER_GLOBS = ("/usr/lib/*/libnss_wrapper.so", "/usr/lib64/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so")
@@ -60,6 +67,23 @@ def find_nss_wrapper() -> str:
             return cand
     raise MountError("SMB needs Samba's nss_wrapper library (libnss_wrapper.so), which is not installed",
                      "Debian: apt-get install samba libnss-wrapper")
+
+
+def runtime_dir(state_dir: Path) -> Path:
+    """Where smbd's volatile files go: on the first tmpfs of /run, /dev/shm
+    (``$SMPFS_RUNTIME_DIR`` overrides), one directory per SMP."""
+    tmpfs = set()
+    try:
+        with open("/proc/self/mounts") as f:
+            tmpfs = {line.split()[1] for line in f if line.split()[2] == "tmpfs"}
+    except OSError:
+        pass
+    base = os.environ.get("SMPFS_RUNTIME_DIR") or next((b for b in RUNTIME_BASES if b in tmpfs), None)
+    if base is None:
+        log.info("no tmpfs at %s: Samba's lock databases stay in the state dir", " or ".join(RUNTIME_BASES))
+        return Path(state_dir) / SMB_DIR / "run"
+    tag = hashlib.sha256(str(Path(state_dir).absolute()).encode()).hexdigest()[:12]
+    return Path(base) / f"smpfs-smb-{tag}"
 
 
 def find_tool(name: str) -> str:
@@ -75,9 +99,10 @@ class SmbService:
     def __init__(self, state_dir, address: str, port: int):
         self.state_dir = Path(state_dir)
         self.dir = self.state_dir / SMB_DIR
+        self.run_dir = runtime_dir(self.state_dir)
         self.address, self.port = address, port
         self.mountpoint: Path | None = None
-        self.proc: trio.Process | None = None
+        self.proc: subprocess.Popen | None = None
         self.scope: trio.CancelScope | None = None
         self.nursery = None
         self.stopping = False
@@ -102,7 +127,9 @@ class SmbService:
         await trio.to_thread.run_sync(self._prepare)
         logf = open(self.dir / "log" / "smbd.out", "ab")
         try:
-            self.proc = await trio.lowlevel.open_process(
+            # started from the daemon's main thread (not trio's worker threads, which
+            # come and go): PR_SET_PDEATHSIG follows the thread that forked
+            self.proc = subprocess.Popen(
                 [smbd, "-s", str(self.conf), "--foreground", "--no-process-group"],
                 env=self.env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                 start_new_session=True, preexec_fn=_die_with_parent)
@@ -114,7 +141,8 @@ class SmbService:
                 log.info("serving SMB on %s:%d (smbd pid %d)", self.address, self.port, self.proc.pid)
                 async with trio.open_nursery() as self.nursery:
                     task_status.started()
-                    await self.proc.wait()
+                    while self.proc.poll() is None:
+                        await trio.sleep(0.5)
                     if not self.stopping:
                         log.error("smbd exited (%s); SMB is no longer served: see %s",
                                   self.proc.returncode, self.dir / "log")
@@ -144,7 +172,7 @@ class SmbService:
         addr = "127.0.0.1" if self.address in ("0.0.0.0", "") else ("::1" if self.address == "::" else self.address)
         deadline = trio.current_time() + timeout
         while True:
-            if self.proc.returncode is not None or self.proc.poll() is not None:
+            if self.proc.poll() is not None:
                 raise MountError(f"smbd exited ({self.proc.returncode}) before serving SMB on port {self.port}: "
                                  f"{_tail(self.dir / 'log' / 'smbd.out')}{_tail(self.dir / 'log' / 'smbd.log')}",
                                  "is the port in use? pick another with `smpfs config --smb-port PORT`")
@@ -170,7 +198,8 @@ class SmbService:
             except ProcessLookupError:
                 pass
             with trio.move_on_after(wait):
-                await proc.wait()
+                while proc.poll() is None:
+                    await trio.sleep(0.05)
                 break
         # children may outlive the parent for a moment; the group is ours alone
         for _ in range(50):
@@ -179,6 +208,7 @@ class SmbService:
             except ProcessLookupError:
                 break
             await trio.sleep(0.05)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("smbd stopped")
 
     async def _resync(self) -> None:
@@ -201,6 +231,10 @@ class SmbService:
         os.chmod(self.dir, 0o700)
         for d in _DIRS:
             (self.dir / d).mkdir(mode=0o700, exist_ok=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)          # nothing of a previous smbd
+        self.run_dir.mkdir(mode=0o700, parents=True)
+        for d in _RUN_DIRS:
+            (self.run_dir / d).mkdir(mode=0o700)
         # a fresh passdb every mount: it holds exactly today's computers and secrets
         for name in ("passdb.tdb", "passdb.tdb.bak"):
             try:
@@ -265,11 +299,11 @@ class SmbService:
    smb ports = {self.port}
 {listen}   disable netbios = yes
    private dir = {d / 'private'}
-   lock directory = {d / 'lock'}
-   state directory = {d / 'state'}
-   cache directory = {d / 'cache'}
-   pid directory = {d / 'pid'}
-   ncalrpc dir = {d / 'ncalrpc'}
+   lock directory = {self.run_dir / 'lock'}
+   state directory = {self.run_dir / 'state'}
+   cache directory = {self.run_dir / 'cache'}
+   pid directory = {self.run_dir / 'pid'}
+   ncalrpc dir = {self.run_dir / 'ncalrpc'}
    passdb backend = tdbsam:{d / 'private' / 'passdb.tdb'}
    logging = file
    log file = {d / 'log' / 'smbd.log'}
