@@ -13,8 +13,10 @@ the durable data of the file that had it before).
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,15 +30,32 @@ def _is_sqlite(name: str) -> bool:
 
 
 def snapshot_db(path: str) -> bytes:
-    """The committed content of a sqlite database, as one file image."""
-    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    mem = sqlite3.connect(":memory:")
+    """The committed content of a sqlite database, as one file image. Read
+    from a copy of the database and its WAL: opening it in place would create
+    -wal/-shm files (in a directory being removed, say)."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        for suffix in ("", "-wal"):
+            try:
+                shutil.copyfile(path + suffix, os.path.join(tmp, "db" + suffix))
+            except FileNotFoundError:
+                if not suffix:
+                    raise
+        src = sqlite3.connect(os.path.join(tmp, "db"))
+        mem = sqlite3.connect(":memory:")
+        try:
+            src.backup(mem)
+            return mem.serialize()
+        finally:
+            src.close()
+            mem.close()
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        src.backup(mem)
-        return mem.serialize()
+        os.write(fd, data)
     finally:
-        src.close()
-        mem.close()
+        os.close(fd)
 
 
 @dataclass
@@ -63,11 +82,9 @@ class Image:
                 self._build(ck, p, r)
             elif kind == "s":
                 if name.endswith(".db") and r in self.dbs:
-                    with open(p, "wb") as f:
-                        f.write(self.dbs[r])
+                    _write(p, self.dbs[r])
             elif kind == "f":
-                with open(p, "wb") as f:
-                    f.write(self.data.get(ck, b""))     # never synced: empty (delayed allocation)
+                _write(p, self.data.get(ck, b""))     # never synced: empty (delayed allocation)
 
 
 class PowerCutDisk(DiskIO):

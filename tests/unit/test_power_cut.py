@@ -518,3 +518,134 @@ async def test_power_cut_through_fuse_handlers_fsync_and_fsyncdir(simulated, see
     out = cuts.verify(simulated, check)
     print(out)
     assert out["cuts"] >= 600 and out["images"] >= 50, out
+
+
+# -- lifecycle steps: release, retention deletion ---------------------------------------------
+
+ORDER = ("capturing", "captured", "restoring", "restored", "deleting", "deleted")
+
+
+def test_power_cut_during_capture_release_and_retention_deletion(simulated, seed):
+    """A capture written and fsynced, released (the daemon makes the store
+    durable and read-only), restored, released with 'delete immediately'.
+    After any cut: the store's status is at or after the last step that
+    returned; a store not yet deleting opens with every captured byte; a
+    deleting one has no key left and the sweep finishes it; a deleted one
+    left nothing behind."""
+    from smpfs.lifecycle import api, retention
+    from smpfs.lifecycle.smp import Smp
+
+    smp = Smp.init(simulated / "state", server="SMP01")
+    api.dispatch(smp, 0, "computer_add", {"name": "PC-OLD", "uid": 1001})
+    api.dispatch(smp, 0, "computer_add", {"name": "PC-NEW", "uid": 1002})
+    api.dispatch(smp, 0, "associate", {"source": "PC-OLD", "dest": "PC-NEW"})
+    api.dispatch(smp, 0, "config", {"delete_after": 0})
+    sid = api.dispatch(smp, 1001, "request_capture", {})["store_id"]
+    row = smp.store(sid)
+    folder = Path(smp.folder(row["folder_id"])["path"])
+    keys = key.StoreKeys.from_data_key(sid, smp.data_key(row))
+
+    def on_reserve(limit: int) -> None:          # as the daemon records nonce reservations
+        with smp.tx():
+            smp.conn.execute("UPDATE stores SET nonce_hwm=max(nonce_hwm, ?) WHERE store_id=?", (limit, sid))
+    st = StateStore(folder / sid, keys, on_reserve=on_reserve)
+    st.sync()
+    assert smp.conn.execute("PRAGMA synchronous").fetchone()[0] == 2, \
+        "smp.db is no longer synchronous=FULL: this test's model of it (every commit durable) is wrong"
+    disk = PowerCutDisk(simulated, full_sync_dbs=[simulated / "state" / "smp.db"])
+    model = Model()
+    cuts = Cuts(disk, model, random.Random(seed + 1), 40)
+    steps = {"acked": 0, "now": 0}
+    cut_meta: list[tuple[int, int]] = []          # per cut point: (lifecycle step returned, step under way)
+    record = cuts.cut
+
+    def cut(what: str = "end") -> None:
+        record(what)
+        cut_meta.append((steps["acked"], steps["now"]))
+    disk.on_event = cut
+    # smp.db's commits are cut points too (just before each)
+    smp.conn.set_trace_callback(lambda sql: cut("smp") if sql.lstrip().upper().startswith("COMMIT") else None)
+
+    def step(fn) -> None:
+        steps["now"] += 1
+        fn()
+        steps["acked"] = steps["now"]
+
+    diskio.set_io(disk)
+    try:
+        w = StoreWorkload(st, random.Random(seed), model)
+        for _ in range(150):
+            w.op()
+        model.step()
+        st.sync()                                     # the computer's last fsync before it releases
+        model.ack()
+        model.mark_all_synced()
+        model.step()
+
+        def release_capture():
+            api.dispatch(smp, 1001, "release_capture", {})
+            st.sync()                                 # what the daemon does when a capture is released
+            st.read_only = True
+        step(release_capture)
+        step(lambda: api.dispatch(smp, 1002, "request_restore", {}))
+        st.close()
+        step(lambda: api.dispatch(smp, 1002, "release_restore", {}))
+        cut()
+    finally:
+        smp.conn.set_trace_callback(None)
+        diskio.set_io(diskio.DiskIO())
+        disk.close_all()
+    assert smp.store(sid)["status"] == "deleted"
+    smp.close()
+    final = len(model.states) - 1
+    # which lifecycle step each status belongs to (the release of the restore is step 3)
+    step_of = {"capturing": 0, "captured": 1, "restoring": 2, "restored": 3, "deleting": 3, "deleted": 3}
+
+    def check(image, cut_no: int, dest: Path) -> str:
+        image.materialize(dest)
+        rsmp = Smp.open(dest / "state")
+        try:
+            with rsmp.tx():
+                rsmp.conn.execute("UPDATE folders SET path=replace(path, ?, ?)", (str(simulated), str(dest)))
+            r = rsmp.store(sid)
+            acked_step, now_step = cut_meta[cut_no]
+            assert acked_step <= step_of[r["status"]] <= now_step, \
+                f"after a cut the store is {r['status']}, but step {acked_step} had returned"
+            rfolder = dest / folder.relative_to(simulated)
+            live, dying = rfolder / sid, rfolder / f".deleting-{sid}"
+            if ORDER.index(r["status"]) >= ORDER.index("deleting"):
+                assert r["wrapped_key"] is None, "a store being deleted still has its key"
+                if r["status"] == "deleted":
+                    assert not live.exists() and not dying.exists(), "a deleted store left files behind"
+                retention.sweep(rsmp)
+                assert rsmp.store(sid)["status"] == "deleted"
+                assert not live.exists() and not dying.exists()
+                return r["status"]
+            assert live.is_dir(), f"a {r['status']} store lost its directory"
+            rkeys = key.StoreKeys.from_data_key(sid, rsmp.data_key(r))
+            rst, _found = open_recovered(rfolder, sid, rkeys)
+            try:
+                got = store_state(rst)
+            finally:
+                rst.close()
+            a, c = cuts.cuts[cut_no][1], cuts.cuts[cut_no][2]
+            if r["status"] != "capturing":
+                a = c = final                          # released: everything captured is there
+            assert any(model.matches(j, got) for j in range(a, c + 1)), \
+                f"after a cut the {r['status']} store shows none of the states {a}..{c}"
+            return r["status"]
+        finally:
+            rsmp.close()
+            shutil.rmtree(dest)
+
+    seen: dict[tuple, int] = {}
+    statuses = set()
+    for i, (v, a, c) in enumerate(cuts.cuts):
+        k = (v, a, c, cut_meta[i])
+        if k in seen:
+            continue
+        seen[k] = i
+        statuses.add(check(cuts.images[v], i, simulated / f"img{i}"))
+    print({"cuts": len(cuts.cuts), "checked": len(seen), "statuses": sorted(statuses)})
+    assert len(cuts.cuts) >= 300, len(cuts.cuts)
+    assert statuses == set(ORDER), f"cut points reached only {sorted(statuses)}"
