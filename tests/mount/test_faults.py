@@ -325,6 +325,8 @@ def test_client_killed_mid_write_leaves_mount_healthy(smp):
             deadline = time.monotonic() + 30
             while not ready.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
+            # write(2) of 4 MiB returned before the kill: all of it must read back
+            assert ready.exists(), f"writer {n} did not write 4 MiB within 30 s"
             time.sleep(random.uniform(0, 0.3))
             os.kill(c.pid, signal.SIGKILL)
             with pytest.raises(AssertionError, match="died without a result"):

@@ -477,6 +477,7 @@ class OpsWorkload:
 
 
 async def test_power_cut_through_fuse_handlers_fsync_and_fsyncdir(simulated, seed):
+    pytest.importorskip("pyfuse3", reason="drives the FUSE handlers: the unprivileged unit venv has no pyfuse3")
     from smpfs.mount.catalog import Catalog, ShareRec, StoreRec
     from smpfs.mount.operations import SmpOperations
     folder = simulated / "folder"
