@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .base import emit_json, json_option, main, print_store_path, run, want_json, when
+from ..errors import NoStorageRoom
+from .base import emit_json, json_option, main, print_store_path, run, run_retrying, want_json, when
 
 
 @main.group()
@@ -31,7 +32,7 @@ def request_capture(computer, retries, retry_delay, unc, as_json):
     Example (in a task sequence, as the computer's uid):
       OSDStateStorePath=$(smpfs request capture --retries 3 --retry-delay 60)
     """
-    r = run("request_capture", computer=computer, retries=retries or None, retry_delay=retry_delay or None)
+    r = run_retrying("request_capture", retries, retry_delay, (NoStorageRoom,), computer=computer)
     print_store_path(r, unc, as_json)
 
 

@@ -30,9 +30,8 @@ def _need_root(smp, caller: int, command: str) -> None:
 
 # -- lifecycle (any mapped uid for its own computer; root for any) -------------
 
-def _request_capture(smp, caller, computer=None, retries=0, retry_delay=0):
-    return request.request_capture(smp, caller, computer=computer, retries=int(retries or 0),
-                                   retry_delay=float(retry_delay or 0))
+def _request_capture(smp, caller, computer=None):
+    return request.request_capture(smp, caller, computer=computer)
 
 
 def _release_capture(smp, caller, computer=None):

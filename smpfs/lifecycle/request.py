@@ -38,13 +38,13 @@ def step_result(smp, store: dict, comp: str, existing: bool = False, changed: bo
 
 
 @audit.audited("request_capture")
-def request_capture(smp, caller_uid: int, computer: str | None = None,
-                    retries: int = 0, retry_delay: float = 0) -> dict:
+def request_capture(smp, caller_uid: int, computer: str | None = None) -> dict:
     """Create (or return the unreleased) state store for COMPUTER's capture.
 
     Refused: UnknownComputer, PermissionDenied, RestoreOnlyMode, CaptureInProgress
-    (previous capture not yet restored), NoStorageRoom (after ``retries`` more
-    attempts, ``retry_delay`` seconds apart; this call then blocks that long).
+    (previous capture not yet restored), NoStorageRoom. One attempt: retrying
+    (ConfigMgr's retry count and delay) is the caller's, see
+    ``smpfs.cli.base.run_retrying``; the daemon never waits for a caller.
     """
     from ..store import layout
     comp = computer_mod.resolve_caller(smp, caller_uid, computer, "request capture")
@@ -64,13 +64,7 @@ def request_capture(smp, caller_uid: int, computer: str | None = None,
     if smp.restore_only:
         raise RestoreOnlyMode("the SMP is in restore-only mode: it takes no new captures",
                               "restores continue; an admin turns it off with `smpfs config --restore-only off`")
-    folder = None
-    for attempt in range(int(retries) + 1):
-        folder, folders = choose_folder(smp)
-        if folder is not None:
-            break
-        if attempt < int(retries) and retry_delay:
-            time.sleep(float(retry_delay))
+    folder, folders = choose_folder(smp)
     if folder is None:
         why = "; ".join(f"{f['path']}: {', '.join(f['full_reasons'])}" for f in folders) or "no storage folders"
         raise NoStorageRoom(f"no storage folder has room ({why})",

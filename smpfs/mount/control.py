@@ -12,16 +12,30 @@ state store and nothing else. Request and reply are one line of JSON each::
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 from .. import errors
 
+log = logging.getLogger("smpfs.mount.control")
+
 SOCKET_NAME = "control.sock"
 MAX_MESSAGE = 1 << 20
+
+# Anyone may connect (peer credentials decide what they get), so connections
+# are bounded: per uid, and in total for all uids but root, which has its own
+# bound so that the admin always gets in. A connection that has not sent its
+# request within IDLE_TIMEOUT is closed; so is one that does not take its reply.
+MAX_PER_UID = 16
+MAX_CONNECTIONS = 256
+MAX_ROOT = 64
+IDLE_TIMEOUT = 10.0
 
 
 def socket_path(state_dir) -> Path:
@@ -90,11 +104,57 @@ def peer_uid(sock) -> int:
     return uid
 
 
-async def serve(path: Path, handler, task_status=None):
+class Admission:
+    """Open control connections per uid, against the bounds above."""
+
+    def __init__(self, per_uid: int = MAX_PER_UID, total: int = MAX_CONNECTIONS, root: int = MAX_ROOT):
+        self.per_uid, self.total, self.root = per_uid, total, root
+        self.open: dict[int, int] = {}
+        self.others = 0                      # open connections of uids but root
+
+    def admit(self, uid: int) -> bool:
+        n = self.open.get(uid, 0)
+        if uid == 0:
+            if n >= self.root:
+                return False
+        elif n >= self.per_uid or self.others >= self.total:
+            return False
+        self.open[uid] = n + 1
+        self.others += uid != 0
+        return True
+
+    def leave(self, uid: int) -> None:
+        self.open[uid] -= 1
+        if not self.open[uid]:
+            del self.open[uid]
+        self.others -= uid != 0
+
+
+class _Throttled:
+    """Log one line per kind of trouble per minute, with how often it happened."""
+
+    def __init__(self, every: float = 60.0):
+        self.every, self.last, self.count = every, {}, {}
+
+    def warn(self, kind: str, msg: str, *args) -> None:
+        self.count[kind] = self.count.get(kind, 0) + 1
+        now = time.monotonic()
+        if now - self.last.get(kind, -self.every) >= self.every:
+            log.warning(msg + " (%d time(s) since the last report)", *args, self.count[kind])
+            self.last[kind], self.count[kind] = now, 0
+
+
+async def serve(path: Path, handler, task_status=None, admission: Admission | None = None):
     """Serve the control socket with trio until cancelled.
-    ``handler(uid, cmd, args) -> dict`` may be async; SmpErrors become error replies."""
+    ``handler(uid, cmd, args) -> dict`` may be async; SmpErrors become error replies.
+
+    Nothing a client does ends this loop: accept() failing (EMFILE when the
+    daemon is out of file descriptors, say) is logged and retried a moment later.
+    """
     import trio
 
+    admission = admission or Admission()
+    trouble = _Throttled()
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -108,8 +168,14 @@ async def serve(path: Path, handler, task_status=None):
     async with trio.open_nursery() as nursery:
         try:
             while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_serve_one, conn, handler)
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as e:
+                    trouble.warn("accept", "control socket: accept failed: %s", os.strerror(e.errno or 0))
+                    await trio.sleep(0.1 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                                                        errno.ENOMEM) else 0.01)
+                    continue
+                nursery.start_soon(_serve_one, conn, handler, admission, trouble)
         finally:
             listener.close()
             try:
@@ -118,38 +184,65 @@ async def serve(path: Path, handler, task_status=None):
                 pass
 
 
-async def _serve_one(conn, handler):
+async def _serve_one(conn, handler, admission: Admission, trouble: _Throttled):
     import trio
 
     with conn:
         try:
             uid = peer_uid(conn)
-            buf = b""
-            with trio.move_on_after(30):
-                while not buf.endswith(b"\n") and len(buf) < MAX_MESSAGE:
-                    piece = await conn.recv(65536)
-                    if not piece:
-                        break
-                    buf += piece
-            try:
-                msg = json.loads(buf)
-                cmd, args = str(msg["cmd"]), dict(msg.get("args") or {})
-            except (ValueError, KeyError, TypeError):
-                raise errors.UsageError("malformed control request")
-            result = handler(uid, cmd, args)
-            if hasattr(result, "__await__"):
-                result = await result
-            reply = {"ok": True, "result": result}
-        except errors.SmpError as e:
-            reply = {"ok": False, "error": error_to_wire(e)}
-        except Exception as e:  # never let one request take the daemon down
-            import logging
-            logging.getLogger("smpfs.mount.control").exception("control request failed")
-            reply = {"ok": False, "error": {"type": "SmpError", "exit_code": 1,
-                                            "message": f"internal error: {type(e).__name__}: {e}"}}
-        data = memoryview(json.dumps(reply, default=str).encode() + b"\n")
-        try:
-            while data:
-                data = data[await conn.send(data):]
         except OSError:
-            pass
+            return
+        if not admission.admit(uid):
+            trouble.warn(f"full-{uid}", "control socket: refused a connection of uid %d: too many open", uid)
+            err = errors.MountError(f"the SMP is busy: too many open connections from uid {uid}",
+                                    "close idle connections to the control socket, then try again")
+            with trio.move_on_after(1):
+                await _send(conn, {"ok": False, "error": error_to_wire(err)})
+            return
+        try:
+            await _answer(conn, uid, handler)
+        except Exception:  # noqa: BLE001 - one connection never takes the daemon down
+            log.exception("control connection of uid %d failed", uid)
+        finally:
+            admission.leave(uid)
+
+
+async def _send(conn, reply: dict) -> None:
+    data = memoryview(json.dumps(reply, default=str).encode() + b"\n")
+    try:
+        while data:
+            data = data[await conn.send(data):]
+    except OSError:
+        pass
+
+
+async def _answer(conn, uid: int, handler) -> None:
+    import trio
+
+    try:
+        buf = b""
+        with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            while not buf.endswith(b"\n") and len(buf) < MAX_MESSAGE:
+                piece = await conn.recv(65536)
+                if not piece:
+                    break
+                buf += piece
+        if idle.cancelled_caught:
+            raise errors.UsageError(f"no request within {IDLE_TIMEOUT:.0f}s: connection closed")
+        try:
+            msg = json.loads(buf)
+            cmd, args = str(msg["cmd"]), dict(msg.get("args") or {})
+        except (ValueError, KeyError, TypeError):
+            raise errors.UsageError("malformed control request")
+        result = handler(uid, cmd, args)
+        if hasattr(result, "__await__"):
+            result = await result
+        reply = {"ok": True, "result": result}
+    except errors.SmpError as e:
+        reply = {"ok": False, "error": error_to_wire(e)}
+    except Exception as e:  # never let one request take the daemon down
+        log.exception("control request failed")
+        reply = {"ok": False, "error": {"type": "SmpError", "exit_code": 1,
+                                        "message": f"internal error: {type(e).__name__}: {e}"}}
+    with trio.move_on_after(IDLE_TIMEOUT):        # a caller that does not read its reply
+        await _send(conn, reply)

@@ -19,6 +19,7 @@ returns once the mount answers. The daemon runs, in one trio loop:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -54,6 +55,17 @@ COMMIT_EVERY = 1.0
 IDLE_CLOSE = 300.0          # a store unused this long is closed and its key dropped
 SYNC_EVERY = 5.0
 LOG_FILE = "smpfs.log"
+
+# Worker threads, each pool with its own limiter so that no caller can starve
+# another's: computers' control commands share CONTROL_THREADS (and one uid
+# runs at most COMMANDS_PER_UID at once, the rest wait without a thread);
+# root's commands have their own ADMIN_THREADS, so `status` and `umount`
+# answer whatever computers do; retention has its own. The filesystem's
+# durable path (fsync) and write-back have theirs in SmpOperations. Nothing
+# in any of them sleeps for a caller: retries happen in the caller.
+CONTROL_THREADS = 8
+ADMIN_THREADS = 4
+COMMANDS_PER_UID = 2
 
 
 # -- mounting from the CLI ---------------------------------------------------------
@@ -178,6 +190,10 @@ class Daemon:
         self.ops: SmpOperations | None = None
         self.wake_retention: trio.Event | None = None
         self.nursery = None
+        self.control_limiter = trio.CapacityLimiter(CONTROL_THREADS)
+        self.admin_limiter = trio.CapacityLimiter(ADMIN_THREADS)
+        self.retention_limiter = trio.CapacityLimiter(1)
+        self._uid_slots: dict[int, list] = {}        # uid -> [Semaphore, users]
         self._ready_fd = int(os.environ.pop("SMPFS_READY_FD", "-1"))
 
     def _tell_parent(self, msg: str) -> None:
@@ -205,6 +221,7 @@ class Daemon:
         os.umask(0o077)
         try:
             self._setup_logging()
+            _raise_fd_limit()
             self.smp = preflight(self.state_dir, self.mountpoint, before_delete=self._before_delete)
             self._recover_if_dirty()
             self.refresh()
@@ -418,15 +435,15 @@ class Daemon:
             deadline = retention.next_deadline(self.smp)
             if deadline is not None and deadline <= time.time():
                 try:
-                    await self._in_worker(retention.sweep)
+                    await self._in_worker(retention.sweep, limiter=self.retention_limiter)
                 except Exception:
                     log.exception("retention sweep failed")
                 finally:
                     self.refresh()
 
-    async def _in_worker(self, fn, *args, audit_context=None):
-        """Run a lifecycle function in a worker thread on its own connection, so
-        retries that sleep and deletions that remove many files never stall the
+    async def _in_worker(self, fn, *args, limiter, audit_context=None):
+        """Run a lifecycle function in a worker thread (of ``limiter``'s pool) on
+        its own connection, so deletions that remove many files never stall the
         filesystem. Its before_delete hook hops back to this thread."""
         def work():
             smp = Smp.open(self.state_dir, lambda row: trio.from_thread.run_sync(self._before_delete, row))
@@ -435,7 +452,20 @@ class Daemon:
                 return fn(smp, *args)
             finally:
                 smp.close()
-        return await trio.to_thread.run_sync(work)
+        return await trio.to_thread.run_sync(work, limiter=limiter)
+
+    @contextlib.asynccontextmanager
+    async def _uid_slot(self, uid: int):
+        """At most COMMANDS_PER_UID commands of one (non-root) uid run at once."""
+        entry = self._uid_slots.setdefault(uid, [trio.Semaphore(COMMANDS_PER_UID), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._uid_slots[uid]
 
     def _before_delete(self, row: dict) -> None:
         """Called by retention just before a store's key and files go: stop
@@ -473,7 +503,13 @@ class Daemon:
     async def call(self, uid: int, cmd: str, args: dict, audit_context: dict | None = None) -> dict:
         """Run a lifecycle command for ``uid`` (api.dispatch) and act on what it changed;
         ``audit_context`` is added to its audit entries (e.g. a client's address)."""
-        result = await self._in_worker(api.dispatch, uid, cmd, args, audit_context=audit_context)
+        if uid == 0:
+            result = await self._in_worker(api.dispatch, uid, cmd, args, limiter=self.admin_limiter,
+                                           audit_context=audit_context)
+        else:
+            async with self._uid_slot(uid):
+                result = await self._in_worker(api.dispatch, uid, cmd, args, limiter=self.control_limiter,
+                                               audit_context=audit_context)
         self.refresh(result.get("changed_stores"))
         self.wake_retention.set()
         for service in self.services:
@@ -499,6 +535,23 @@ def _sd_notify(msg: str) -> None:
             s.sendall(msg.encode())
     except OSError as e:
         log.warning("could not notify systemd: %s", e)
+
+
+def _raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every control
+    connection and open store costs descriptors, and systemd's soft default
+    of 1024 is soon reached."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20     # nr_open's default
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as e:
+        log.info("could not raise the open-file limit from %s to %s: %s", soft, target, e)
+        return
+    log.info("open-file limit raised from %s to %s", soft, target)
 
 
 READAHEAD_KB = 4096

@@ -33,6 +33,8 @@ class OpenStores:
         self.open: dict[int, StateStore] = {}        # rowid -> open store
         self.last_used: dict[int, float] = {}
         self._durable_locks: dict[int, trio.Lock] = {}
+        # fsync's own threads: shared with nothing a control client can fill
+        self.durable_limiter = trio.CapacityLimiter(4)
 
     def rec(self, rowid: int) -> StoreRec:
         rec = self.cat.stores.get(rowid)
@@ -82,10 +84,10 @@ class OpenStores:
             st.take_error(ino)
         work, done = st.prepare_durable(ino)
         if not work.idle:                    # already durable: no thread hop for nothing
-            await trio.to_thread.run_sync(work)
+            await trio.to_thread.run_sync(work, limiter=self.durable_limiter)
         drop = done()
         if drop:
-            await trio.to_thread.run_sync(unlink_files, drop)
+            await trio.to_thread.run_sync(unlink_files, drop, limiter=self.durable_limiter)
 
     async def drain_all(self) -> None:
         for st in list(self.open.values()):

@@ -136,6 +136,27 @@ def test_refusal_exit_codes(smpcli):
     assert smpcli("folder", "add", "/nonexistent/x/y").exit_code == 2
 
 
+def test_capture_retries_wait_in_the_caller_until_room_appears(smpcli, monkeypatch):
+    folder = json.loads(smpcli("folder", "list", "--json").stdout)[0]["path"]
+    assert smpcli("folder", "remove", folder).exit_code == 0
+    assert smpcli("folder", "add", folder, "--max-clients", "1").exit_code == 0
+    assert smpcli("request", "capture", "PC-OLD").exit_code == 0
+    slept = []
+
+    def wait(delay):                   # the admin frees the slot on the second wait
+        slept.append(delay)
+        if len(slept) == 2:
+            assert smpcli("association", "remove", "PC-OLD", "PC-OLD", "--force").exit_code == 0
+    monkeypatch.setattr("smpfs.cli.base.time.sleep", wait)
+    r = smpcli("request", "capture", "PC-NEW", "--retries", "5", "--retry-delay", "7")
+    assert r.exit_code == 0, r.stderr
+    assert slept == [7.0, 7.0]
+    slept.clear()
+    monkeypatch.setattr("smpfs.cli.base.time.sleep", slept.append)
+    r = smpcli("request", "capture", "PC-OLD", "--retries", "3", "--retry-delay", "2")
+    assert r.exit_code == 12 and slept == [2.0, 2.0, 2.0]
+
+
 def test_folder_remove_needs_force_and_confirmation(smpcli, tmp_path):
     assert smpcli("request", "capture", "PC-OLD").exit_code == 0
     folder = json.loads(smpcli("folder", "list", "--json").stdout)[0]["path"]

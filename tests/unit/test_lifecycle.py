@@ -288,32 +288,18 @@ def test_folder_selection_most_free_first(smp, tmp_path, monkeypatch):
     assert call(smp, OLD, "request_capture")["store_id"] in os.listdir(a)
 
 
-def test_max_clients_and_retries(smp, monkeypatch):
+def test_max_clients(smp):
     f = smp.query_one("SELECT * FROM folders")
     call(smp, 0, "folder_remove", path=f["path"])
     call(smp, 0, "folder_add", path=f["path"], max_clients=1, min_free="1MB")
     call(smp, OLD, "request_capture")
-    slept = []
-    monkeypatch.setattr("smpfs.lifecycle.request.time.sleep", slept.append)
     with pytest.raises(NoStorageRoom) as e:
-        call(smp, NEW, "request_capture", retries=3, retry_delay=7)
+        call(smp, NEW, "request_capture")
     assert e.value.exit_code == 12 and "1/1 clients" in e.value.message
-    assert slept == [7.0, 7.0, 7.0]
+    with pytest.raises(UsageError):       # retrying is the caller's: the SMP never waits for one
+        call(smp, NEW, "request_capture", retries=3, retry_delay=7)
     with pytest.raises(UsageError):
         call(smp, 0, "folder_add", path=f["path"] + "2", max_clients=100000)
-
-
-def test_retry_succeeds_when_room_appears(smp, monkeypatch):
-    f = smp.query_one("SELECT * FROM folders")
-    call(smp, 0, "folder_remove", path=f["path"])
-    call(smp, 0, "folder_add", path=f["path"], max_clients=1, min_free="1MB")
-    first = call(smp, OLD, "request_capture")
-
-    def free_a_slot(_delay):        # the admin removes the association meanwhile
-        call(smp, 0, "association_remove", source="PC-OLD", dest="PC-OLD", force=True)
-    monkeypatch.setattr("smpfs.lifecycle.request.time.sleep", free_a_slot)
-    r = call(smp, NEW, "request_capture", retries=1, retry_delay=1)
-    assert r["store_id"] != first["store_id"]
 
 
 def test_folder_remove_refused_then_forced(smp, tmp_path):
