@@ -44,6 +44,10 @@ Cases (``--cases``, default all):
           before each copy), then ``sync``; each part is also shown alone.
           out: ``tar -cf - . | wc -c`` of the whole store (a pipe; tar is not
           pointed at /dev/null because GNU tar then skips reading the data).
+``smb``   (6, only when asked: ``--cases smb`` or ``seq,...,smb``) a 1 GiB
+          file put and got over SMB on loopback with ``smbclient``: smpfs's
+          own smbd against the same smbd config serving a plain directory
+          and a gocryptfs mount (``tools/bench_smb.py``, which it runs).
 ``iops``  (4) 4 KiB preads at random aligned offsets (fixed seed) over the
           1 GiB file of case 1, from a single thread: 20 s buffered, starting
           from dropped caches as the issue asks (when misses are cheap the
@@ -1080,7 +1084,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated subset of: %(default)s")
     p.add_argument("--cases", default=",".join(ALL_CASES),
                    help="comma-separated subset of: %(default)s (or 1,2,3,4); "
-                        "case 5 (daemon RSS/CPU) is measured during the others")
+                        "case 5 (daemon RSS/CPU) is measured during the others; "
+                        "add smb for a 1 GiB put/get over SMB (tools/bench_smb.py)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write machine-readable results")
     p.add_argument("--smpfs", metavar="PATH",
                    help="smpfs executable (default: next to this python, then $PATH)")
@@ -1097,8 +1102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown target(s) {sorted(bad)}; choose from {','.join(ALL_TARGETS)}")
     args.targets = [t for t in ALL_TARGETS if t in args.targets]
     cases = [CASE_NUMBERS.get(c.strip(), c.strip()) for c in args.cases.split(",") if c.strip()]
+    args.smb = "smb" in cases                  # (6) over SMB: tools/bench_smb.py
+    cases = [c for c in cases if c != "smb"]
     bad = set(cases) - set(ALL_CASES)
-    if bad or not cases:
+    if bad or not (cases or args.smb):
         p.error(f"unknown case(s) {sorted(bad)}; choose from {','.join(ALL_CASES)}")
     args.cases = [c for c in ALL_CASES if c in cases]
     if args.repeat is None:
@@ -1118,11 +1125,28 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def run_smb(args) -> int:
+    """Case smb: 1 GiB (256 MiB with --quick) put and get over SMB on loopback,
+    Samba over a plain dir and over gocryptfs against smpfs (tools/bench_smb.py)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_smb.py")),
+           "--size-mib", "256" if args.quick else "1024", "--repeat", str(args.repeat), "--targets",
+           ",".join({"plain": "samba-plain", "gocryptfs": "samba-gocryptfs", "smpfs": "smpfs"}[t]
+                    for t in args.targets)]
+    if args.json:
+        cmd += ["--json", str(args.json.with_suffix(".smb.json"))]
+    log("case smb: " + " ".join(cmd[1:]))
+    return subprocess.run(cmd).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench.py must run as root (it mounts filesystems, drops caches "
                  "and runs the workloads as --uid)")
+    if args.smb:
+        smb_rc = run_smb(args)
+        if not args.cases:
+            return smb_rc
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         sys.exit(f"{SYSTEM_PYTHON} is needed to run workload steps as uid {args.uid}")
     sizes = QUICK if args.quick else FULL

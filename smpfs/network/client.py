@@ -25,8 +25,12 @@ from ..crypto.tls import format_fingerprint, normalize_fingerprint
 STEPS = {("request", "capture"), ("release", "capture"), ("request", "restore"), ("release", "restore")}
 
 
+class ServerBusy(errors.SmpError):
+    """The SMP was too busy to answer (HTTP 503, ServerBusy): worth asking again."""
+
+
 def error_from_wire(d: dict) -> errors.SmpError:
-    cls = getattr(errors, str(d.get("type", "")), None)
+    cls = {"ServerBusy": ServerBusy}.get(str(d.get("type", ""))) or getattr(errors, str(d.get("type", "")), None)
     if not (isinstance(cls, type) and issubclass(cls, errors.SmpError)):
         cls = errors.SmpError
     e = cls(str(d.get("message", "unknown error from the SMP")), d.get("hint"))
@@ -134,7 +138,7 @@ class SmpClient:
 
 
 #: refusals worth asking again for: the SMP may get room, or come back
-RETRYABLE = (errors.NoStorageRoom, Unreachable)
+RETRYABLE = (errors.NoStorageRoom, Unreachable, ServerBusy)
 
 
 def run_step(client: SmpClient, action: str, kind: str, retries: int = 0, retry_delay: float = 0.0,

@@ -25,6 +25,7 @@ import base64
 import binascii
 import json
 import logging
+import sqlite3
 import ssl
 from collections import Counter
 
@@ -32,6 +33,7 @@ import h11
 import trio
 
 from ..errors import MountError, PermissionDenied, SmpError, UsageError
+from .client import ServerBusy
 
 log = logging.getLogger("smpfs.network.https")
 
@@ -43,7 +45,9 @@ IDLE_TIMEOUT = 30.0
 CALL_TIMEOUT = 120.0
 MAX_REQUESTS = 100
 MAX_CONNECTIONS = 256
-MAX_PER_ADDRESS = 32
+MAX_PER_ADDRESS = 64
+#: lifecycle calls run at once (each a worker thread writing smp.db); more wait their turn
+MAX_CALLS = 8
 
 #: path -> lifecycle command
 ROUTES = {
@@ -74,6 +78,7 @@ class HttpsService:
         self.active = 0
         self.per_address: Counter = Counter()
         self.listen_port: int | None = None
+        self.calls = trio.CapacityLimiter(MAX_CALLS)
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -192,12 +197,14 @@ class HttpsService:
                 return 400, _error(UsageError(f"the body must be a JSON object: {e}"))
             who = await self._authenticate(headers, context)
             with trio.fail_after(CALL_TIMEOUT):
-                result = await self.host.call(who["uid"], cmd, {"computer": computer or who["name"]},
-                                              audit_context=context)
+                result = await self._call(who["uid"], cmd, {"computer": computer or who["name"]}, context)
             log.info("https %s %s %s: ok", addr, who["name"], cmd)
             return 200, {"ok": True, "result": self._public(result)}
         except HttpError as e:
             return e.status, _error(e.err)
+        except (sqlite3.OperationalError, trio.TooSlowError) as e:
+            log.info("https %s %s: busy (%s)", addr, path, e)
+            return 503, _error(ServerBusy("the SMP is busy; ask again", "smpfs client --retries does"))
         except SmpError as e:
             log.info("https %s %s: %s", addr, path, e.message)
             return STATUS.get(e.exit_code, 500), _error(e)
@@ -214,14 +221,17 @@ class HttpsService:
             raise HttpError(401, PermissionDenied("authentication required: computer name and secret",
                                                   "HTTP Basic: the computer name and its secret"))
         try:
-            return await self.host.call(0, "computer_auth", {"name": name, "secret_value": secret},
-                                        audit_context=context)
+            return await self._call(0, "computer_auth", {"name": name, "secret_value": secret}, context)
         except PermissionDenied as e:
             log.info("https %s: authentication failed for %r", context["address"], name[:64])
             raise HttpError(401, e)
 
+    async def _call(self, uid: int, cmd: str, args: dict, context: dict) -> dict:
+        async with self.calls:
+            return await self.host.call(uid, cmd, args, audit_context=context)
+
     async def _info(self, who: dict) -> dict:
-        st = await self.host.call(0, "status", {})
+        st = await self._call(0, "status", {}, {})
         return {"server": st["settings"]["server"], "restore_only": st["settings"]["restore_only"],
                 "computer": who["name"], "smb": {"port": self.smb_port},
                 "folders": [{"share": f["share_name"], "clients": f["clients"], "max_clients": f["max_clients"],

@@ -3,17 +3,16 @@ port, used with real clients (``smbclient`` and the ``smbprotocol`` package),
 Request/Release over HTTPS with ``smpfs client``."""
 from __future__ import annotations
 
-import filecmp
 import os
 import random
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 smbclient = pytest.importorskip("smbclient", reason="pip install smbprotocol (the test extras)")
+from smpfs.testnet import authfile, side_by_side_over_the_network  # noqa: E402
 
 MiB = 1 << 20
 STATUS = {0xC0000022: "ACCESS_DENIED", 0xC000006D: "LOGON_FAILURE", 0xC00000A2: "WRITE_PROTECTED",
@@ -71,23 +70,6 @@ def users(net_smp):
     yield make
     for u in made:
         u.close()
-
-
-def _authfile(n, c, secret=None) -> str:
-    path = n.smp.root / f"{c.name}.smbauth"
-    path.write_text(f"username = {c.name}\npassword = {secret or n.secret(c)}\ndomain = WORKGROUP\n")
-    os.chmod(path, 0o600)
-    return str(path)
-
-
-def smbclient_cli(n, c, share: str, commands: str, timeout=600) -> str:
-    """The ``smbclient`` tool as computer ``c``; fails on any NT_STATUS error it prints."""
-    r = subprocess.run(["smbclient", f"//127.0.0.1/{share}", "-p", str(n.smb_port), "-A", _authfile(n, c),
-                        "-m", "SMB3", "--client-protection=encrypt", "-c", commands],
-                       capture_output=True, text=True, timeout=timeout)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0 and "NT_STATUS" not in out, out[-2000:]
-    return out
 
 
 def _share(result) -> str:
@@ -156,11 +138,11 @@ def test_logons_only_for_computers_with_their_current_secret(net_smp, users):
 def test_hidden_shares_are_not_listed(net_smp):
     n = net_smp
     c = n.computer()
-    r = subprocess.run(["smbclient", "-L", "//127.0.0.1", "-p", str(n.smb_port), "-A", _authfile(n, c)],
+    r = subprocess.run(["smbclient", "-L", "//127.0.0.1", "-p", str(n.smb_port), "-A", authfile(n, c)],
                        capture_output=True, text=True, timeout=60)
     assert "SMPSTORED_" not in r.stdout + r.stderr
     share = n.smp.status()["folders"][0]["share_name"]
-    r = subprocess.run(["smbclient", f"//127.0.0.1/{share}", "-p", str(n.smb_port), "-A", _authfile(n, c),
+    r = subprocess.run(["smbclient", f"//127.0.0.1/{share}", "-p", str(n.smb_port), "-A", authfile(n, c),
                         "-c", "ls"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr          # hidden, yet there for whoever names it
 
@@ -187,63 +169,6 @@ def test_data_written_over_smb_is_ciphertext_at_rest(net_smp, users):
                            capture_output=True, text=True)
     probe.unlink()
     assert found.stdout.split() == [str(probe)], f"plaintext marker at rest: {found.stdout}"
-
-
-def _profile_tree(root: Path, rnd: random.Random, files: int, big_mib: int) -> None:
-    for i in range(files):
-        d = root / "Users" / "alice" / ("AppData/Roaming" if i % 3 else "Documents") / f"d{i % 37:02d}" / f"s{i % 5}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"file{i:04d}.dat").write_bytes(rnd.randbytes(rnd.randrange(0, 9000)))
-    big = root / "USMT" / "USMT.MIG"
-    big.parent.mkdir(parents=True)
-    with open(big, "wb") as f:
-        block = rnd.randbytes(MiB)
-        for i in range(big_mib):
-            f.write(block[i:] + block[:i])
-
-
-def side_by_side_over_the_network(n, files: int, big_mib: int, seed: int) -> dict:
-    """request capture -> put a profile over SMB -> release -> request restore ->
-    get it all over SMB, compare byte for byte -> release restore -> retention deletes."""
-    src, dst = n.computer(), n.computer()
-    n.smp.associate(src, dst)
-    work = Path(tempfile.mkdtemp(prefix="smpfs-net-mig-", dir=os.environ.get("SMPFS_TEST_TMP")))
-    try:
-        out_dir, back_dir = work / "out", work / "back"
-        out_dir.mkdir()
-        back_dir.mkdir()
-        _profile_tree(out_dir, random.Random(seed), files, big_mib)
-        r = n.client_json(src, "request", "capture")
-        share, sid = _share(r), r["store_id"]
-        assert r["smb_url"] == f"smb://127.0.0.1:{n.smb_port}/{share}/{sid}"
-        t0 = time.monotonic()
-        smbclient_cli(n, src, share, f"cd {sid}; lcd {out_dir}; prompt off; recurse on; mput *")
-        t_put = time.monotonic() - t0
-        n.client(src, "release", "capture", check=True)
-        r2 = n.client_json(dst, "request", "restore")
-        assert r2["store_id"] == sid
-        t0 = time.monotonic()
-        smbclient_cli(n, dst, share, f"cd {sid}; lcd {back_dir}; prompt off; recurse on; mget *")
-        t_get = time.monotonic() - t0
-        cmp = filecmp.dircmp(out_dir, back_dir)
-        _assert_same(cmp)
-        count = sum(len(fs) for _, _, fs in os.walk(back_dir))
-        assert count == files + 1
-        n.client(dst, "release", "restore", check=True)
-        deleted = n.smp.advance("400d")
-        assert sid in [d["store_id"] for d in deleted]
-        assert not (Path(n.smp.status()["folders"][0]["path"]) / sid).exists()
-        return {"put_s": t_put, "get_s": t_get}
-    finally:
-        subprocess.run(["rm", "-rf", str(work)])
-
-
-def _assert_same(cmp: filecmp.dircmp) -> None:
-    assert not cmp.left_only and not cmp.right_only, (cmp.left_only, cmp.right_only)
-    _match, mismatch, errors = filecmp.cmpfiles(cmp.left, cmp.right, cmp.common_files, shallow=False)
-    assert not mismatch and not errors, (mismatch, errors)
-    for sub in cmp.subdirs.values():
-        _assert_same(sub)
 
 
 def test_a_side_by_side_migration_over_the_network(net_smp, seed):
