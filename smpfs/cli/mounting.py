@@ -38,7 +38,8 @@ def umount(obj, mountpoint):
       smpfs umount /srv/smp
     """
     from ..mount import daemon
-    daemon.umount(obj.state, mountpoint)
+    if daemon.umount(obj.state, mountpoint) == "cleared":
+        click.echo(f"smpfs: cleared the dead mount at {mountpoint} (its daemon had died)", err=True)
 
 
 @main.command("log-level")

@@ -82,7 +82,7 @@ def fsck(obj, no_repair, as_json):
 
     from ..mount.daemon import daemon_info
     from ..store import fsck as fsck_mod
-    if daemon_info(Path(obj.state)):
+    if daemon_info(Path(obj.state)) is not None:
         raise MountError("the SMP is mounted; unmount it before running fsck")
     smp = Smp.open(obj.state)
     try:

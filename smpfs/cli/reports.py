@@ -24,7 +24,11 @@ def status(as_json):
     if want_json(as_json):
         return emit_json(r)
     click.echo(f"SMP state dir: {r['state_dir']}")
-    click.echo(f"mounted at:    {r['mountpoint'] or 'not mounted'}")
+    mounted = r["mountpoint"] or "not mounted"
+    if r.get("dead_mount"):
+        mounted += (f" (its daemon died; a dead mount is left at {r['dead_mount']}: "
+                    f"`smpfs umount {r['dead_mount']}` clears it, `smpfs mount` remounts)")
+    click.echo(f"mounted at:    {mounted}")
     print_settings(r["settings"])
     print_network(r)
     click.echo(f"next deletion: {when(r['next_deadline'])}")

@@ -159,6 +159,7 @@ def _key_show(smp, caller, source):
 def _status(smp, caller):
     return {"state_dir": str(smp.state_dir), "settings": smp.settings(),
             "mountpoint": str(smp.mountpoint()) if smp.mountpoint() else None,
+            "dead_mount": str(smp.dead_mount()) if smp.dead_mount() else None,
             "next_deadline": retention.next_deadline(smp),
             "folders": folder.list_folders(smp),
             "computers": computer.list_computers(smp),

@@ -36,6 +36,59 @@ from .status import LIVE_SQL
 DEFAULT_STATE_DIR = "/var/lib/smpfs"
 DB_FILE = "smp.db"
 DAEMON_FILE = "daemon.json"
+#: Held (flock, exclusive) by the daemon serving this SMP for its whole life; the
+#: kernel drops it when that process dies, however it dies (a zombie holds none).
+LOCK_FILE = "daemon.lock"
+
+
+def daemon_alive(state_dir) -> bool:
+    """Whether a daemon serves this SMP: whether STATE/daemon.lock is locked.
+    No pid check: a pid can be a zombie, or reused."""
+    import fcntl
+    try:
+        fd = os.open(Path(state_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def hold_daemon_lock(state_dir) -> int:
+    """Take STATE/daemon.lock for this process's life (the daemon); non-blocking:
+    BlockingIOError if another daemon holds it. Returns the fd to keep open."""
+    import fcntl
+    fd = os.open(Path(state_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def fuse_mounts() -> dict[str, str]:
+    """Mountpoint -> filesystem type of every FUSE mount this process sees
+    (from /proc/self/mountinfo: no stat(), which would hang on a dead or stuck mount)."""
+    out = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fstype = right.split()[0] if right else ""
+                if fstype.startswith("fuse"):
+                    out[_unescape(left.split()[4])] = fstype
+    except OSError:
+        pass
+    return out
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 #: Settings kept in ``meta`` and their defaults (None = computed, see :meth:`Smp.setting`).
 DEFAULTS = {"server": None, "restore_only": "0", "delete_after_s": "86400"}
@@ -323,12 +376,25 @@ class Smp:
         return Path(mountpoint) / share / store_row["store_id"]
 
     def mountpoint(self) -> Path | None:
-        """The mountpoint named in daemon.json, if a daemon says it is running."""
+        """The mountpoint named in daemon.json, if a daemon serves this SMP."""
+        if not daemon_alive(self.state_dir):
+            return None
+        return self._daemon_mountpoint()
+
+    def _daemon_mountpoint(self) -> Path | None:
         try:
             info = json.loads((self.state_dir / DAEMON_FILE).read_text())
             return Path(info["mountpoint"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def dead_mount(self) -> Path | None:
+        """The mount a daemon of this SMP left behind when it died (still in the
+        mount table, answering ENOTCONN), if there is one."""
+        if daemon_alive(self.state_dir):
+            return None
+        mnt = self._daemon_mountpoint()
+        return mnt if mnt is not None and str(mnt) in fuse_mounts() else None
 
     def stores(self, include_deleted: bool = False) -> list[dict]:
         """Store rows joined with their association's computers, oldest first.

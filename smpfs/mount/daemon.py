@@ -37,7 +37,7 @@ import trio
 from ..crypto.keys import StoreKeys
 from ..errors import MountError, NotMountedError, PermissionDenied, SmpError
 from ..lifecycle import api, retention
-from ..lifecycle.smp import DAEMON_FILE, Smp
+from ..lifecycle.smp import DAEMON_FILE, Smp, daemon_alive, fuse_mounts, hold_daemon_lock
 from ..store.layout import ROOT as STORE_ROOT
 from ..store.reserve import ensure_reserve
 from ..store.statestore import StateStore
@@ -47,7 +47,6 @@ from .catalog import GONE, Catalog, ShareRec, StoreRec
 from .guard import OP_COUNTS
 from .inodes import SHARE_BASE, join
 from .operations import SmpOperations
-from .pids import is_zombie
 
 log = logging.getLogger("smpfs.mount.daemon")
 
@@ -71,18 +70,36 @@ COMMANDS_PER_UID = 2
 # -- mounting from the CLI ---------------------------------------------------------
 
 def daemon_info(state_dir: Path) -> dict | None:
-    """daemon.json of the daemon serving this SMP if that process is alive, else None."""
+    """daemon.json of the daemon serving this SMP if one does (it holds
+    STATE/daemon.lock), else None."""
+    if not daemon_alive(state_dir):
+        return None
     try:
-        info = json.loads((state_dir / DAEMON_FILE).read_text())
+        return json.loads((Path(state_dir) / DAEMON_FILE).read_text())
     except (OSError, ValueError):
-        return None
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, KeyError, ValueError, TypeError):
-        return None
-    except PermissionError:
-        pass
-    return info
+        return {}
+
+
+def _forget_daemon(state_dir: Path) -> None:
+    """Remove what a daemon that died left in the state dir."""
+    for name in (DAEMON_FILE, control.SOCKET_NAME):
+        try:
+            os.unlink(Path(state_dir) / name)
+        except FileNotFoundError:
+            pass
+
+
+def clear_dead_mount(state_dir: Path, mountpoint: Path) -> None:
+    """Unmount what a dead daemon of this SMP left at ``mountpoint`` (it answers
+    ENOTCONN to everything), lazily if a process still has it open."""
+    r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if r.returncode != 0 and str(mountpoint) in fuse_mounts():
+        r = subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, text=True)
+        if r.returncode != 0 and str(mountpoint) in fuse_mounts():
+            raise MountError(f"could not clear the dead mount at {mountpoint}: {r.stderr.strip()}",
+                             f"try: umount -l {mountpoint}")
+    _forget_daemon(state_dir)
+    log.warning("cleared the dead mount at %s (its daemon had died)", mountpoint)
 
 
 def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
@@ -95,17 +112,24 @@ def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse does not exist",
                          "load the fuse module (modprobe fuse) or run where FUSE is available")
+    info = daemon_info(smp.state_dir)
+    if info is not None:
+        raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
+                         "one SMP is served by one daemon; use that mount or unmount it first")
+    if smp.dead_mount() is not None:          # a daemon of this SMP died: clear what it left
+        clear_dead_mount(smp.state_dir, smp.dead_mount())
+    _forget_daemon(smp.state_dir)
+    if str(mountpoint) in fuse_mounts():      # checked without stat(): it may be dead or stuck
+        raise MountError(f"mountpoint {mountpoint} is busy: another FUSE filesystem is mounted there",
+                         f"unmount it first (smpfs --state ITS_STATE_DIR umount {mountpoint}, "
+                         f"or fusermount3 -u {mountpoint})")
     if not mountpoint.exists():
         raise MountError(f"mountpoint {mountpoint} does not exist", f"create it: mkdir -p {mountpoint}")
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted there",
-                         f"unmount it first: smpfs umount {mountpoint}")
-    info = daemon_info(smp.state_dir)
-    if info:
-        raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
-                         "one SMP is served by one daemon; use that mount or unmount it first")
+                         f"unmount it first: umount {mountpoint}")
     return smp
 
 
@@ -144,18 +168,32 @@ def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, 
                      f"see {state_dir / LOG_FILE}")
 
 
-def umount(state_dir, mountpoint, timeout: float = 120) -> None:
-    """Flush, unmount and wait for the daemon to exit."""
+def umount(state_dir, mountpoint, timeout: float = 120) -> str:
+    """Flush, unmount and wait for the daemon to exit; or clear the dead mount
+    a daemon of this SMP left. Only this SMP's own mount is touched.
+    Returns "unmounted" or "cleared"."""
     state_dir = Path(state_dir).absolute()
-    mountpoint = Path(mountpoint).absolute()
-    info = daemon_info(state_dir)
-    if not os.path.ismount(mountpoint):
-        raise NotMountedError(f"{mountpoint} is not mounted")
-    if info:
-        try:                    # network services hold the mount busy while they serve
-            control.call(state_dir, "services_stop", timeout=60)
-        except SmpError:
-            pass
+    mountpoint = Path(os.path.normpath(Path(mountpoint).absolute()))
+    smp = Smp.open(state_dir)
+    try:
+        live, dead = smp.mountpoint(), smp.dead_mount()
+    finally:
+        smp.close()
+    if dead is not None and Path(os.path.normpath(dead)) == mountpoint:
+        clear_dead_mount(state_dir, mountpoint)
+        return "cleared"
+    if live is None or Path(os.path.normpath(live)) != mountpoint:
+        where = f"it is mounted at {live}" if live else "it is not mounted"
+        if str(mountpoint) in fuse_mounts() or os.path.ismount(mountpoint):
+            raise NotMountedError(f"{mountpoint} is not the mount of the SMP in {state_dir} ({where})",
+                                  "give the --state of the SMP mounted there"
+                                  + (f", or unmount this one: smpfs umount {live}" if live else ""))
+        raise NotMountedError(f"{mountpoint} is not mounted ({where})",
+                              f"unmount this SMP with: smpfs umount {live}" if live else None)
+    try:                    # network services hold the mount busy while they serve
+        control.call(state_dir, "services_stop", timeout=60)
+    except SmpError:
+        pass
     r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if r.returncode != 0:
         err = r.stderr.strip()
@@ -163,18 +201,13 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> None:
             raise MountError(f"{mountpoint} is busy: a process still uses it",
                              f"find it with: fuser -vm {mountpoint}")
         raise MountError(f"unmounting {mountpoint} failed: {err}")
-    if info:
-        pid = int(info["pid"])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            if is_zombie(pid):          # exited; init has not reaped it yet
-                return
-            time.sleep(0.02)
-        raise MountError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s after unmount")
+    deadline = time.monotonic() + timeout
+    while daemon_alive(state_dir):           # the kernel drops the daemon's lock when it exits
+        if time.monotonic() > deadline:
+            raise MountError(f"the daemon did not exit within {timeout:.0f}s after unmount",
+                             f"see {state_dir / LOG_FILE}")
+        time.sleep(0.02)
+    return "unmounted"
 
 
 # -- the daemon ----------------------------------------------------------------------
@@ -194,6 +227,7 @@ class Daemon:
         self.admin_limiter = trio.CapacityLimiter(ADMIN_THREADS)
         self.retention_limiter = trio.CapacityLimiter(1)
         self._uid_slots: dict[int, list] = {}        # uid -> [Semaphore, users]
+        self._lock_fd = -1
         self._ready_fd = int(os.environ.pop("SMPFS_READY_FD", "-1"))
 
     def _tell_parent(self, msg: str) -> None:
@@ -223,6 +257,11 @@ class Daemon:
             self._setup_logging()
             _raise_fd_limit()
             self.smp = preflight(self.state_dir, self.mountpoint, before_delete=self._before_delete)
+            try:
+                self._lock_fd = hold_daemon_lock(self.state_dir)     # held until this process ends
+            except BlockingIOError:
+                raise MountError("this SMP is already mounted (another daemon serves it)",
+                                 "one SMP is served by one daemon; use that mount or unmount it first")
             self._recover_if_dirty()
             self.refresh()
             self.ops = SmpOperations(self.catalog, self._open_store)
@@ -251,13 +290,10 @@ class Daemon:
                 self._shutdown()
             finally:
                 pyfuse3.close(unmount=ok)
-                for name in (DAEMON_FILE, control.SOCKET_NAME):
-                    try:
-                        os.unlink(self.state_dir / name)
-                    except FileNotFoundError:
-                        pass
+                _forget_daemon(self.state_dir)
         log.info("unmounted %s; requests served: %s", self.mountpoint,
                  ", ".join(f"{k} {v}" for k, v in OP_COUNTS.most_common()))
+        os.close(self._lock_fd)          # `smpfs umount` waits for this
 
     def _shutdown(self) -> None:
         errors = 0

@@ -1,0 +1,73 @@
+"""What a crash or an admin's slip leaves behind: a daemon killed outright,
+an unmount aimed at another SMP's mount, a storage folder in the wrong place.
+Each is detected, explained (exit code and hint) and cleared."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from smpfs.lifecycle.smp import fuse_mounts
+from smpfs.testing import mounted
+
+DIRTY = r"the last mount did not end cleanly|fsck: |cleared the dead mount"
+
+
+def kill_daemon(smp) -> None:
+    """SIGKILL the daemon and leave everything as it is (dead mount, daemon.json,
+    socket; the process may stay a zombie until init reaps it)."""
+    os.kill(smp.daemon_pid(), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while smp.cli("status", "--json", check=False).code == 0 and \
+            json.loads(smp.cli("status", "--json").out)["mountpoint"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.daemon_log(DIRTY)
+def test_a_killed_daemon_is_not_reported_as_mounted_and_mount_recovers(smp):
+    pc = smp.add_computer()
+    store = smp.request_capture(pc)
+    smp.as_uid(pc, lambda: (store / "f").write_bytes(b"kept"))
+    time.sleep(6)                                   # a durable point
+    kill_daemon(smp)
+    assert str(smp.mountpoint) in fuse_mounts()     # the dead mount is still there
+    st = smp.status()
+    assert st["mountpoint"] is None and st["dead_mount"] == str(smp.mountpoint)
+    text = smp.cli("status").out
+    assert "not mounted" in text and "smpfs umount" in text
+    # mount recovers by itself: clears the dead mount, checks the stores, serves
+    r = smp.cli("mount", str(smp.mountpoint), check=False)
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    assert smp.status()["mountpoint"] == str(smp.mountpoint)
+    assert smp.as_uid(pc, lambda: (store / "f").read_bytes()) == b"kept"
+    # mounting again is refused: the live daemon holds the lock
+    r = smp.cli("mount", str(smp.mountpoint), check=False)
+    assert r.code == 5 and "already mounted" in r.err
+
+
+@pytest.mark.daemon_log(DIRTY)
+def test_umount_clears_the_mount_of_a_killed_daemon(smp):
+    kill_daemon(smp)
+    r = smp.cli("umount", str(smp.mountpoint), check=False)
+    assert r.code == 0 and "cleared the dead mount" in r.err, (r.code, r.err)
+    assert str(smp.mountpoint) not in fuse_mounts()
+    assert not (smp.state / "daemon.json").exists() and not (smp.state / "control.sock").exists()
+    assert smp.status()["dead_mount"] is None
+    smp.mount()
+    assert smp.status()["mountpoint"] == str(smp.mountpoint)
+
+
+def test_umount_with_another_smps_state_leaves_that_mount_alone(smp):
+    with mounted() as other:
+        t = time.monotonic()
+        r = smp.cli("umount", str(other.mountpoint), check=False)
+        assert r.code == 6 and "not the mount of the SMP" in r.err and "hint:" in r.err, r.err
+        assert time.monotonic() - t < 10
+        assert other.status()["mountpoint"] == str(other.mountpoint)
+        assert os.path.ismount(other.mountpoint) and os.listdir(other.mountpoint)
+        assert smp.status()["mountpoint"] == str(smp.mountpoint)
+        r = smp.cli("umount", str(smp.root / "nowhere"), check=False)
+        assert r.code == 6 and f"mounted at {smp.mountpoint}" in r.err
