@@ -181,6 +181,12 @@ class TestSmp:
             _wait_gone(pid)
         if sig == signal.SIGKILL:
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
+            # a thread of the killed daemon may wait on its own mount until the
+            # detach above ends the connection: the process (and its lock) goes then
+            from .lifecycle.smp import daemon_alive
+            deadline = time.monotonic() + 20
+            while daemon_alive(self.state) and time.monotonic() < deadline:
+                time.sleep(0.02)
             # a killed daemon leaves its daemon.json and socket behind
             for name in ("daemon.json", "control.sock"):
                 with contextlib.suppress(FileNotFoundError):

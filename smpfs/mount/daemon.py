@@ -113,14 +113,12 @@ def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
         raise MountError("/dev/fuse does not exist",
                          "load the fuse module (modprobe fuse) or run where FUSE is available")
     info = daemon_info(smp.state_dir)
-    if info is not None:
-        raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
-                         "one SMP is served by one daemon; use that mount or unmount it first")
-    if smp.dead_mount() is not None:          # a daemon of this SMP died: clear what it left
-        clear_dead_mount(smp.state_dir, smp.dead_mount())
-    _forget_daemon(smp.state_dir)
+    if info is None:
+        if smp.dead_mount() is not None:      # a daemon of this SMP died: clear what it left
+            clear_dead_mount(smp.state_dir, smp.dead_mount())
+        _forget_daemon(smp.state_dir)
     if str(mountpoint) in fuse_mounts():      # checked without stat(): it may be dead or stuck
-        raise MountError(f"mountpoint {mountpoint} is busy: another FUSE filesystem is mounted there",
+        raise MountError(f"mountpoint {mountpoint} is busy: a FUSE filesystem is already mounted there",
                          f"unmount it first (smpfs --state ITS_STATE_DIR umount {mountpoint}, "
                          f"or fusermount3 -u {mountpoint})")
     if not mountpoint.exists():
@@ -130,6 +128,9 @@ def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
     if os.path.ismount(mountpoint):
         raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted there",
                          f"unmount it first: umount {mountpoint}")
+    if info is not None:
+        raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
+                         "one SMP is served by one daemon; use that mount or unmount it first")
     return smp
 
 
