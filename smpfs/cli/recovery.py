@@ -57,26 +57,33 @@ def recover(key_text, store_path, outdir, as_json):
                                  progress=lambda s: bar.show(
                                      f"recovered {s['files']} file(s), {format_size(s['bytes'])}"))
     if want_json(as_json):
-        return emit_json(stats)
-    for e in stats["errors"]:
-        click.echo(f"smpfs: {e}", err=True)
-    click.echo(f"recovered {stats['files']} file(s), {stats['dirs']} dir(s), {stats['links']} hard link(s), "
-               f"{format_size(stats['bytes'])} into {outdir}")
+        emit_json(stats)
+    else:
+        for e in stats["errors"]:
+            click.echo(f"smpfs: {e}", err=True)
+        click.echo(f"recovered {stats['files']} file(s), {stats['dirs']} dir(s), {stats['links']} hard link(s), "
+                   f"{format_size(stats['bytes'])} into {outdir}")
+    if stats["errors"]:
+        raise IntegrityError(f"{len(stats['errors'])} item(s) not fully recovered (listed above)",
+                             "the store is damaged: recover those files from another copy of it")
 
 
 @main.command()
-@click.option("--no-repair", is_flag=True, help="Only report; change nothing.")
+@click.option("--no-repair", is_flag=True, help="Only report; change nothing (stores are opened read-only).")
+@click.option("--scrub", is_flag=True, help="Also read and authenticate every block and name of every store.")
 @json_option
 @click.pass_obj
-def fsck(obj, no_repair, as_json):
+def fsck(obj, no_repair, scrub, as_json):
     """Check every state store for what a crash can leave behind, and repair it.
 
     Runs by itself when a mount follows one that did not end cleanly.
-    Refused while the SMP is mounted.
+    Refused while the SMP is mounted. With --scrub it also reads every
+    block and name and names each damaged file (exit 20).
 
     \b
     Example:
       smpfs fsck
+      smpfs fsck --no-repair --scrub
     """
     from pathlib import Path
 
@@ -84,11 +91,15 @@ def fsck(obj, no_repair, as_json):
     from ..store import fsck as fsck_mod
     if daemon_info(Path(obj.state)) is not None:
         raise MountError("the SMP is mounted; unmount it before running fsck")
-    smp = Smp.open(obj.state)
+    smp = Smp.open_read_only(obj.state) if no_repair else Smp.open(obj.state)
     try:
         with Progress() as bar:
-            report = fsck_mod.check_smp(smp, repair=not no_repair,
-                                        progress=lambda i, n, sid: bar.show(f"checking store {i + 1}/{n} {sid[:12]}…"))
+            report = fsck_mod.check_smp(
+                smp, repair=not no_repair, scrub=scrub,
+                progress=lambda i, n, sid: bar.show(f"{'checking and scrubbing' if scrub else 'checking'}"
+                                                    f" store {i + 1}/{n} {sid[:12]}…"),
+                scrub_progress=lambda sid, d, t: bar.show(
+                    f"scrubbing store {sid[:12]}…: {format_size(d)} of {format_size(t)}"))
         if not no_repair:
             smp.set_dirty(False)
     finally:

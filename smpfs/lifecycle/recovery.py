@@ -27,6 +27,7 @@ def recover(state_dir, uid: int, key_text: str, store_path, outdir, progress=Non
                                                                                store_id=store_id))
         raise
     _audit_if_present(state_dir, lambda smp: audit.record(smp, uid, "recover", store_id=store_id,
+                                                          outcome="error" if stats["errors"] else "ok",
                                                           files=stats["files"], errors=len(stats["errors"])))
     return stats
 

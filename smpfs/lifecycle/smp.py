@@ -191,6 +191,7 @@ class Smp:
         #: layer sets e.g. {"via": "https", "address": "10.0.0.7"} on the
         #: connection it runs one remote call on.
         self.audit_context: dict = {}
+        self._read_only_db = None           # see open_read_only
 
     # -- creating and opening ------------------------------------------------
 
@@ -249,6 +250,30 @@ class Smp:
         smp._migrate(version)
         return smp
 
+    @classmethod
+    def open_read_only(cls, state_dir=None) -> Smp:
+        """Open an SMP only to read it, changing not a byte of its state dir
+        (``fsck --no-repair``): smp.db is opened as store.db is by ``recover``."""
+        from ..store.readonly import ReadOnlyDb
+        state_dir = resolve_state_dir(state_dir).absolute()
+        db_path = state_dir / DB_FILE
+        if not db_path.is_file():
+            raise StateDirError(f"{state_dir} is not an SMP state directory (no {DB_FILE})",
+                                "create one with `smpfs --state DIR init`")
+        try:
+            ro = ReadOnlyDb(db_path)
+            version = ro.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise StateDirError(f"{db_path} is not a readable SMP database: {e}")
+        if not version or int(version[0]) != SCHEMA_VERSION:
+            ro.close()
+            raise StateDirError(f"{db_path} has schema version {version[0] if version else 0}, not "
+                                f"{SCHEMA_VERSION}", "open it once without --no-repair to migrate it")
+        ro.conn.row_factory = sqlite3.Row
+        smp = cls(state_dir, ro.conn)
+        smp._read_only_db = ro
+        return smp
+
     def _migrate(self, version: int) -> None:
         for target, sql in MIGRATIONS:
             if target > version:
@@ -260,7 +285,10 @@ class Smp:
                                       (str(target),))
 
     def close(self) -> None:
-        self.conn.close()
+        if self._read_only_db is not None:
+            self._read_only_db.close()
+        else:
+            self.conn.close()
 
     # -- transactions --------------------------------------------------------
 

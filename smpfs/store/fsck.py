@@ -11,6 +11,10 @@ end cleanly, and by hand with ``smpfs fsck`` (not while mounted). Per store:
 * **link counts**: recomputed from the directory entries;
 * **sizes**: blocks past the end of their file: removed.
 Interrupted store deletions (``.deleting-*``) are finished.
+
+``repair=False`` (``fsck --no-repair``) opens every store read-only and
+changes nothing at all. ``scrub=True`` also authenticates every block and
+name (see scrub.py).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import StoreKeys
 from . import diskio
 from .layout import ROOT, destroy_store
+from .scrub import scrub_store
 from .statestore import StateStore
 
 
@@ -29,7 +34,8 @@ def check_store(st: StateStore, repair: bool = True) -> dict:
     db = st.db
     found: dict[str, list] = {"orphan_blocks": [], "missing_blocks": [], "orphan_inodes": [],
                               "dangling_entries": [], "link_counts": [], "past_eof_blocks": []}
-    st.begin_change()
+    if repair:
+        st.begin_change()
     # names pointing nowhere
     for (did, ino) in db.execute("SELECT d.id, d.ino FROM dentries d LEFT JOIN inodes i ON i.ino=d.ino"
                                  " WHERE i.ino IS NULL").fetchall():
@@ -63,7 +69,8 @@ def check_store(st: StateStore, repair: bool = True) -> dict:
             st.supersede(r[0] for r in db.execute(
                 "SELECT counter FROM blocks WHERE ino=? AND blkno=? AND data IS NULL", (ino, blkno)))
             db.execute("DELETE FROM blocks WHERE ino=? AND blkno=?", (ino, blkno))
-    st.commit()
+    if repair:
+        st.commit()
     # block files vs the block map
     referenced = {r[0] for r in db.execute("SELECT counter FROM blocks WHERE data IS NULL")}
     pending = st.pending_unlinks()
@@ -82,7 +89,8 @@ def check_store(st: StateStore, repair: bool = True) -> dict:
             diskio.io.unlink(st.block_path(ctr))
     for ctr in sorted(referenced - on_disk):
         found["missing_blocks"].append(ctr)
-    st.sync()
+    if repair:
+        st.sync()
     return found
 
 
@@ -94,8 +102,11 @@ def summarize(store_id: str, found: dict) -> list[str]:
     return out
 
 
-def check_smp(smp, repair: bool = True, progress=None) -> dict:
-    """Check every live store of an SMP; finish interrupted deletions on disk."""
+def check_smp(smp, repair: bool = True, progress=None, scrub: bool = False, scrub_progress=None) -> dict:
+    """Check every live store of an SMP; finish interrupted deletions on disk.
+    ``scrub``: authenticate every block and name too; each damaged file is a
+    finding and counts as unrepairable. ``progress(i, n, store_id)`` per
+    store, ``scrub_progress(store_id, done_bytes, total_bytes)`` within one."""
     findings, problems = [], 0
     for f in smp.query("SELECT * FROM folders WHERE removed_at IS NULL"):
         folder = Path(f["path"])
@@ -114,15 +125,21 @@ def check_smp(smp, repair: bool = True, progress=None) -> dict:
         path = Path(smp.folder(row["folder_id"])["path"]) / row["store_id"]
         try:
             keys = StoreKeys.from_data_key(row["store_id"], smp.data_key(row))
-            st = StateStore(path, keys)
+            st = StateStore(path, keys, read_only=not repair)
         except Exception as e:
             findings.append(f"store {row['store_id'][:12]}…: cannot open: {e}")
             problems += 1
             continue
+        damaged: list[str] = []
         try:
             found = check_store(st, repair=repair)
+            if scrub:
+                sid = row["store_id"]
+                damaged = scrub_store(st, None if scrub_progress is None
+                                      else lambda d, t, sid=sid: scrub_progress(sid, d, t))
         finally:
             st.close()
         findings += summarize(row["store_id"], found)
-        problems += len(found["missing_blocks"])
+        findings += [f"store {row['store_id'][:12]}…: damaged: {line}" for line in damaged]
+        problems += len(found["missing_blocks"]) + len(damaged)
     return {"stores": len(stores), "findings": findings, "unrepairable": problems}

@@ -39,6 +39,7 @@ from .blocks import PROCESS_BUDGET, BlocksMixin, DirtyBudget
 from .counter import NonceCounter, read_counter_file
 from .diskio import unlink_files
 from .layout import check_format, connect, err, migrate, sync_store_json
+from .readonly import ReadOnlyDb, add_blocks_data
 from .reserve import ensure_commit_room, ensure_reserve, release_reserve
 from .tree import TreeMixin
 from .xattrs import XattrsMixin
@@ -50,25 +51,35 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
     run elsewhere."""
 
     def __init__(self, path: Path, keys: StoreKeys, *, min_free_bytes=lambda: 0,
-                 min_counter: int = 0, on_reserve=None, budget: DirtyBudget | None = None):
+                 min_counter: int = 0, on_reserve=None, budget: DirtyBudget | None = None,
+                 read_only: bool = False):
         self.path = Path(path)
         self.keys = keys
         self.sid = keys.store_id
         self.min_free_bytes = min_free_bytes          # callable: the folder's current rule
-        self.read_only = False
+        #: read_only (at open): nothing of the store is ever written, not even
+        #: sqlite's own files (recover, fsck --no-repair and --scrub; see
+        #: readonly.py). The daemon also sets it on captured stores it opened
+        #: read-write (changes refused with EROFS).
+        self.read_only = read_only
         if not (self.path / "store.db").exists():
             raise err(errno.ENOENT, f"no store at {self.path}")
-        self.db = connect(self.path / "store.db")
+        self._ro_db = ReadOnlyDb(self.path / "store.db", add_blocks_data) if read_only else None
+        self.db = self._ro_db.conn if read_only else connect(self.path / "store.db")
         try:
             # a store of another format is refused, not half-understood;
-            # an older one is migrated, one recorded step at a time
+            # an older one is migrated, one recorded step at a time (not when
+            # opened read-only: a format-1 store is read as it is)
             sid_hex = self.sid.hex()
-            self.format = migrate(self.path, sid_hex, self.db, check_format(self.path, sid_hex, self.db))
-            sync_store_json(self.path, sid_hex, self.format)
+            self.format = check_format(self.path, sid_hex, self.db)
+            if not read_only:
+                self.format = migrate(self.path, sid_hex, self.db, self.format)
+                sync_store_json(self.path, sid_hex, self.format)
         except BaseException:
-            self.db.close()
+            self._close_db()
             raise
-        ensure_reserve(self.path.parent)
+        if not read_only:
+            ensure_reserve(self.path.parent)
         self._in_txn = False
         self.init_blocks(PROCESS_BUDGET if budget is None else budget)
         # the largest of every record of the high-water mark: the store's own
@@ -193,9 +204,19 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
                 return None
         return os.dup(self._wal_fd)
 
+    def _close_db(self) -> None:
+        if self._ro_db is not None:
+            self._ro_db.close()
+        else:
+            self.db.close()
+        self.db = None
+
     def close(self) -> None:
         """Everything durable, then close. The store can be destroyed after."""
         if self.db is None:
+            return
+        if self._ro_db is not None:               # opened read-only: nothing to make durable
+            self._close_db()
             return
         self.sync()
         try:
@@ -217,7 +238,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
                 if self._in_txn:
                     self.db.execute("ROLLBACK")
             finally:
-                self.db.close()
+                self._close_db()
         self.db = None
 
     def check_writable(self) -> None:
