@@ -39,7 +39,7 @@ from ..errors import MountError, NotMountedError, PermissionDenied, SmpError
 from ..lifecycle import api, retention
 from ..lifecycle.smp import DAEMON_FILE, Smp, daemon_alive, fuse_mounts, hold_daemon_lock
 from ..store.layout import ROOT as STORE_ROOT
-from ..store.reserve import ensure_reserve
+from ..store.reserve import ensure_reserve, reserve_size
 from ..store.statestore import StateStore
 from ..units import parse_free
 from . import control
@@ -328,7 +328,7 @@ class Daemon:
         for f in self.smp.query("SELECT * FROM folders WHERE removed_at IS NULL"):
             spec = parse_free(f["min_free"])
             path = f["path"]
-            shares[f["id"]] = ShareRec(f["id"], f["share"], path, _min_free_fn(spec, path))
+            shares[f["id"]] = ShareRec(f["id"], f["share"], path, _min_free_fn(spec, path, self.smp.state_dir))
         old = dict(self.catalog.stores)
         stores = {}
         for s in self.smp.query("SELECT id, store_id, folder_id, status, source_uid, dest_uid, created_at"
@@ -611,14 +611,23 @@ def _set_readahead(mountpoint: Path, kb: int = READAHEAD_KB) -> None:
         log.info("could not raise read-ahead for %s: %s", mountpoint, e)
 
 
-def _min_free_fn(spec, path):
-    total = []
+def _min_free_fn(spec, path, state_dir):
+    """The folder's minimum free space; on the state dir's filesystem at least
+    the state dir's reserve too, so no client can take the room smp.db and the
+    log need (computer add, release capture, the audit log)."""
+    total, state_reserve = [], []
 
     def threshold() -> int:
+        if not state_reserve:
+            try:
+                same = os.stat(path).st_dev == os.stat(state_dir).st_dev
+            except OSError:
+                same = False
+            state_reserve.append(reserve_size(state_dir) if same else 0)
         if spec.percent is None:
-            return spec.bytes
+            return max(spec.bytes, state_reserve[0])
         if not total:                      # a filesystem's size does not change under us
             v = os.statvfs(path)
             total.append(v.f_blocks * v.f_frsize)
-        return spec.threshold(total[0])
+        return max(spec.threshold(total[0]), state_reserve[0])
     return threshold

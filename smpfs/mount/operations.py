@@ -26,6 +26,7 @@ import pyfuse3
 import trio
 
 from ..lifecycle import access as access_mod
+from ..store.blocks import SpaceAfterDurable
 from ..store.layout import ROOT as STORE_ROOT
 from ..store.statestore import StateStore
 from .catalog import GONE, Catalog, StoreRec
@@ -374,7 +375,14 @@ class SmpOperations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         h, st, local = self._handle_store(fh, write=True)
         st.check_error(local)                # an earlier write-back failed: say so now
-        n = st.write(local, off, buf)
+        try:
+            n = st.write(local, off, buf)
+        except SpaceAfterDurable:
+            # superseded block files wait for a durable point: make it (off the loop), try once more
+            await self.stores.durable(st)
+            if st.db is None:                    # the store went meanwhile
+                raise OSError(errno.EIO, "the store was closed") from None
+            n = st.write(local, off, buf, retry_space=False)
         if h.suid:
             st.clear_suid(local)
             for other in self.handles.of_inode(h.ino):

@@ -27,6 +27,14 @@ DIRTY_TOTAL_MAX = 64 << 20         # ... and all open stores together (the daemo
 INLINE_MAX = 16 << 10              # blocks this small are sealed into store.db, not a file of their own
 SPACE_RECHECK = 0.25               # seconds between statvfs() of the storage folder while writing
 SPACE_SLACK = 256 << 20            # ...and at every write within this much of the minimum free space
+DATA_HEADROOM = 1 << 20            # file content stops this far above the floor; names and xattrs may use it
+META_OVERHEAD = 512                # what a new row costs store.db beyond its name and value (row, index, WAL)
+
+
+class SpaceAfterDurable(OSError):
+    """ENOSPC that a durable point of the store may cure: superseded block
+    files wait for one to be unlinked. The daemon makes that durable point
+    without blocking its loop and tries once more; anything else gets ENOSPC."""
 
 
 class _Dirty:
@@ -130,6 +138,7 @@ class BlocksMixin:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(blocks)")}
         self._row_sql = ("SELECT counter, length, data, " + ("salt" if "salt" in cols else "NULL") +
                          " FROM blocks WHERE ino=? AND blkno=?")
+        self.meta_pending = 0                          # store.db bytes added since the last commit (estimated)
         self.blocks_written = 0
 
     # -- what a durable point (statestore.py) needs to know ----------------------
@@ -297,33 +306,51 @@ class BlocksMixin:
         finally:
             self.unpin(parts)
 
-    def _check_space(self, nbytes: int, retry: bool = True) -> None:
+    def _check_space(self, nbytes: int, retry: bool = True, headroom: int = DATA_HEADROOM,
+                     owed: bool = False) -> None:
         when, free = self._space
         now = time.monotonic()
-        floor = self.min_free_bytes()
+        floor = self.min_free_bytes() + headroom
         if now - when > SPACE_RECHECK or free - nbytes < floor + SPACE_SLACK:
             st = os.statvfs(self.path)
             free = st.f_bavail * st.f_frsize
             when = now
+            if free - nbytes < floor + SPACE_SLACK:
+                self.near_floor()                    # keep the WAL small from now on
         # between statvfs calls (at most SPACE_RECHECK s apart, and always near the
         # floor) what this store wrote is subtracted from the last figure
         self._space = (when, free - nbytes)
-        # blocks still in memory or in flight land on disk later: count them now
-        pending = self._dirty_bytes + len(self._inflight) * BLOCK_SIZE
+        # blocks still in memory or in flight, and uncommitted rows, land on disk later: count them now
+        pending = self._dirty_bytes + len(self._inflight) * BLOCK_SIZE + self.meta_pending
+        if owed and free - nbytes - pending < floor + SPACE_SLACK:
+            pending += self.wal_owed()               # rows in the WAL are copied into store.db later
         if free - nbytes - pending < floor:
-            if retry and self._superseded and not self._inflight:
+            if retry and self._superseded:
                 # deleted or rewritten blocks wait for a durable point to be unlinked:
                 # make it now, so space freed by rm is usable at once
+                if self.submit is not None:
+                    # the daemon: never a blocking sync on its loop (blocks may be in flight)
+                    raise SpaceAfterDurable(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 self.sync()
-                return self._check_space(nbytes, retry=False)
+                return self._check_space(nbytes, retry=False, headroom=headroom)
             raise err(errno.ENOSPC, "the storage folder is at its minimum free space")
 
-    def write(self, ino: int, off: int, data) -> int:
+    def check_room(self, nbytes: int) -> None:
+        """Before a change that grows store.db (a name, a symlink target, an
+        xattr, a hard link): the folder's minimum free space holds for those too
+        (file content stops ``DATA_HEADROOM`` earlier, so a full store can still
+        be tidied up)."""
+        self._check_space(nbytes + META_OVERHEAD, retry=False, headroom=0, owed=True)
+        self.meta_pending += nbytes + META_OVERHEAD
+
+    def write(self, ino: int, off: int, data, *, retry_space: bool = True) -> int:
+        """Write ``data`` at ``off``. At the minimum free space: ENOSPC, or
+        :class:`SpaceAfterDurable` (with ``retry_space``) when a durable point may make room."""
         self.check_writable()
         n = len(data)
         if n == 0:
             return 0
-        self._check_space(n + chunk.TAG_SIZE * (n // chunk.CHUNK_SIZE + 1))
+        self._check_space(n + chunk.TAG_SIZE * (n // chunk.CHUNK_SIZE + 1), retry=retry_space)
         mv = memoryview(data)
         pos, end = off, off + n
         self.begin_change()

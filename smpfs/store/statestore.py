@@ -90,6 +90,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
                   self.db.execute("SELECT coalesce(max(counter), 0) FROM blocks").fetchone()[0])
         self.counter = NonceCounter(self.path, hwm, on_reserve=on_reserve)
         self._wal_fd = None
+        self._wal_tight = False                        # see near_floor
         self._wal_synced = False                       # every commit so far is durable?
         self._commit_seq = 0
         self.changed = False                           # anything to commit?
@@ -109,7 +110,9 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
 
     def commit(self) -> None:
         """Commit the batch (not necessarily durable: WAL, synchronous=NORMAL)."""
-        if self._in_txn:
+        if not self._in_txn:
+            self.meta_pending = 0
+        else:
             self._in_txn = False
             if not self.db.in_transaction:
                 raise err(errno.EIO, "sqlite rolled the batch back (disk full?)")
@@ -120,10 +123,46 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
                 # a full disk: if sqlite still holds the batch, spend the reserve
                 # and try again; acknowledged changes must not be rolled back
                 if not (self.db.in_transaction and release_reserve(self.path.parent)):
-                    raise
-                self.db.execute("COMMIT")
+                    self._commit_failed()
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.OperationalError:
+                    self._commit_failed()
+            self.meta_pending = 0
             self._wal_synced = False
             self._commit_seq += 1
+
+    def _commit_failed(self):
+        """A COMMIT the disk had no room for (someone else filled it, and the
+        commit reserve is spent): ENOSPC, not a traceback. sqlite still holding
+        the batch means nothing is lost: it stays open and the next commit,
+        once there is room, writes it. Otherwise sqlite rolled it back: EIO."""
+        if self.db.in_transaction:
+            self._in_txn = True
+            raise err(errno.ENOSPC, "no room to commit; the changes are kept and committed when there is room")
+        raise err(errno.EIO, "sqlite rolled the batch back (disk full)")
+
+    # -- room on disk for store.db ------------------------------------------------------
+
+    #: near the minimum free space, the WAL is checkpointed every this many
+    #: pages and cut back to ``WAL_TIGHT_LIMIT`` after (far from it: every
+    #: 10000 pages, see layout.connect): a checkpoint copies WAL pages into
+    #: store.db, so a big WAL is room the floor checks cannot see yet
+    WAL_TIGHT_PAGES = 256
+    WAL_TIGHT_LIMIT = 1 << 20
+
+    def near_floor(self) -> None:
+        if not self._wal_tight and self._ro_db is None:
+            self.db.execute(f"PRAGMA wal_autocheckpoint={self.WAL_TIGHT_PAGES}")
+            self.db.execute(f"PRAGMA journal_size_limit={self.WAL_TIGHT_LIMIT}")
+            self._wal_tight = True
+
+    def wal_owed(self) -> int:
+        """What checkpointing the WAL may still add to store.db (at most its size)."""
+        try:
+            return os.stat(self.path / "store.db-wal").st_size
+        except FileNotFoundError:
+            return 0
 
     def sync(self) -> None:
         """A durable point, done here and now: every block and every change so

@@ -110,6 +110,7 @@ class TreeMixin:
         """Create a file, directory, symlink, fifo or device node."""
         self.check_writable()
         check_name(name)
+        self.check_room(len(name) + len(target or b""))
         pa = self._dir_attr(parent)
         sealed = self.keys.seal_name(parent, name)
         if self.db.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent, sealed)).fetchone():
@@ -147,6 +148,7 @@ class TreeMixin:
     def link(self, ino: int, parent: int, name: bytes) -> Attr:
         self.check_writable()
         check_name(name)
+        self.check_room(len(name))
         self._dir_attr(parent)
         a = self.getattr(ino)
         if stat.S_ISDIR(a.mode):
@@ -194,6 +196,7 @@ class TreeMixin:
         (the caller frees it when unused), else None."""
         self.check_writable()
         check_name(n2)
+        self.check_room(len(n2))
         src = self.lookup(p1, n1)
         sa = self.getattr(src)
         self._dir_attr(p2)

@@ -14,6 +14,7 @@ class XattrsMixin:
 
     def setxattr(self, ino: int, name: bytes, value: bytes, *, create=False, replace=False) -> None:
         self.check_writable()
+        self.check_room(len(name) + len(value))
         sealed = self._xname(ino, name)
         exists = self.db.execute("SELECT 1 FROM xattrs WHERE ino=? AND name=?", (ino, sealed)).fetchone()
         if create and exists:
