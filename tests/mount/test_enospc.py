@@ -1,9 +1,12 @@
-"""The storage folder's minimum free space is enforced on every write.
+"""The storage folder's minimum free space is enforced on every change that grows a store.
 
 The storage folder is a 64 MiB tmpfs; the SMP keeps 16 MB of it free. A
 writer filling its store gets ENOSPC before the folder goes under 16 MB,
 a refused write changes nothing, what was written before stays intact, and
-after files are deleted writing works again.
+after files are deleted writing works again (at once, never EIO). A disk
+filled by another program gives ENOSPC. On a 64 MiB ext4 holding the whole
+SMP, xattrs, names, symlinks, directories and hard links stop at the floor
+too, and the SMP's own database keeps room.
 """
 from __future__ import annotations
 
