@@ -7,6 +7,7 @@ The table is documented in docs/admin.md; never renumber a code.
 from __future__ import annotations
 
 import errno
+import os
 
 
 class SmpError(Exception):
@@ -99,3 +100,15 @@ class IntegrityError(SmpError):
     """Tampered or missing ciphertext, failed fsck."""
     exit_code = 20
     errno = errno.EIO
+
+
+class AuthenticationFailed(OSError, IntegrityError):  # type: ignore[misc]  # errno: both say EIO
+    """Ciphertext or a MAC of a store fails authentication: an ``OSError(EIO)``
+    to the layers that serve files, an :class:`IntegrityError` to tools."""
+
+    def __init__(self, message: str):
+        OSError.__init__(self, errno.EIO, f"{os.strerror(errno.EIO)}: {message}")
+        self.message = message
+        self.hint = None
+
+    __str__ = OSError.__str__

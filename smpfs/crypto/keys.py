@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import IntegrityError, KeyFileError
+from ..errors import AuthenticationFailed, KeyFileError
 
 KEY_BYTES = 32
 MASTER_KEY_FILE = "master.key"
@@ -128,6 +128,7 @@ class StoreKeys:
     names: AESSIV = field(repr=False)
     meta: AESGCM = field(repr=False)
     blocks_prk: bytes = field(repr=False, default=b"")   # format 3 on: one key per sealed block
+    meta_mac: bytes = field(repr=False, default=b"")     # format 4 on: MACs of store.db rows
     _block_keys: dict = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -136,7 +137,8 @@ class StoreKeys:
                    content=AESGCM(_derive(data_key, b"content", 32)),
                    names=AESSIV(_derive(data_key, b"names", 64)),
                    meta=AESGCM(_derive(data_key, b"meta", 32)),
-                   blocks_prk=_derive(data_key, b"blocks", 32))
+                   blocks_prk=_derive(data_key, b"blocks", 32),
+                   meta_mac=_derive(data_key, b"metamac", 32))
 
     # From format 3 on, every sealed block (every version of it) has a key of
     # its own: HKDF-Expand(PRK = blocks sub-key, info = "smpfs-v3:block" ||
@@ -147,7 +149,7 @@ class StoreKeys:
         aead = self._block_keys.get(salt)
         if aead is None:
             if len(salt) != BLOCK_SALT_BYTES:
-                raise IntegrityError(f"a block salt of {len(salt)} bytes")
+                raise AuthenticationFailed(f"a block salt of {len(salt)} bytes")
             aead = AESGCM(hmac.digest(self.blocks_prk, _BLOCK_INFO + salt + b"\x01", "sha256"))
             if len(self._block_keys) >= 256:          # the blocks read and written just now
                 self._block_keys.clear()
@@ -164,7 +166,7 @@ class StoreKeys:
         try:
             return self.names.decrypt(blob, [self.store_id, parent.to_bytes(8, "little")])
         except InvalidTag:
-            raise IntegrityError(f"a file name under inode {parent} fails authentication")
+            raise AuthenticationFailed(f"a file name under inode {parent} fails authentication")
 
     # Small values (symlink targets, xattr values): random nonce, bound to
     # the inode and what the value is for.
@@ -176,7 +178,7 @@ class StoreKeys:
         try:
             return self.meta.decrypt(blob[:12], blob[12:], self._ad(ino, purpose))
         except InvalidTag:
-            raise IntegrityError(f"metadata of inode {ino} fails authentication")
+            raise AuthenticationFailed(f"metadata of inode {ino} fails authentication")
 
     def _ad(self, ino: int, purpose: bytes) -> bytes:
         return self.store_id + ino.to_bytes(8, "little") + purpose

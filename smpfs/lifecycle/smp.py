@@ -151,7 +151,13 @@ ALTER TABLE computers ADD COLUMN secret_verifier TEXT;
 ALTER TABLE computers ADD COLUMN secret_set_at REAL;
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3)]
+#: v4: the MAC of each released store as a whole (``root_mac``, recorded when it
+#: is frozen), so a store put back from an older copy is refused.
+_SCHEMA_V4 = """
+ALTER TABLE stores ADD COLUMN root_mac BLOB;
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3), (4, _SCHEMA_V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -354,10 +354,28 @@ class Daemon:
         def on_reserve(limit: int, rowid=rec.rowid) -> None:
             with self.smp.tx():
                 self.smp.conn.execute("UPDATE stores SET nonce_hwm=max(nonce_hwm, ?) WHERE id=?", (limit, rowid))
+        frozen = rec.status != "capturing"
         st = StateStore(Path(folder.path) / rec.store_id, keys, min_free_bytes=folder.min_free,
-                        min_counter=row.get("nonce_hwm") or 0, on_reserve=on_reserve)
-        st.read_only = rec.status != "capturing"
+                        min_counter=row.get("nonce_hwm") or 0, on_reserve=on_reserve,
+                        expect_root=row.get("root_mac") if frozen else None)
+        st.read_only = frozen
+        if frozen and row.get("root_mac") is None:
+            self._record_root(rec.rowid, st)         # released while nothing was mounted
         return st
+
+    def _record_root(self, rowid: int, st: StateStore) -> None:
+        """Keep the MAC of a frozen store as a whole in smp.db (once: a released store never changes)."""
+        root = st.root_mac()
+        if root is not None:
+            with self.smp.tx():
+                self.smp.conn.execute("UPDATE stores SET root_mac=? WHERE id=? AND root_mac IS NULL"
+                                      " AND status<>'capturing'", (root, rowid))
+
+    async def _freeze(self, rowid: int, st: StateStore) -> None:
+        """Everything captured made durable as the store is frozen, then its root MAC kept."""
+        await self.ops.stores.durable(st)
+        if st.db is not None:
+            self._record_root(rowid, st)
 
     def _status_changed(self, before: StoreRec, rec: StoreRec) -> None:
         log.info("store %s…: %s -> %s", rec.store_id[:12], before.status, rec.status)
@@ -369,8 +387,12 @@ class Daemon:
             return
         if st is not None:
             if rec.status != "capturing" and not st.read_only:
-                # everything captured is made durable as it is frozen
-                self.nursery.start_soon(self.ops.stores.durable, st) if self.nursery else st.sync()
+                # everything captured is made durable as it is frozen, and its root MAC kept
+                if self.nursery:
+                    self.nursery.start_soon(self._freeze, rec.rowid, st)
+                else:
+                    st.sync()
+                    self._record_root(rec.rowid, st)
             st.read_only = rec.status != "capturing"
         # who may see what changed: drop every cached attribute and page of the
         # store (no dirty pages: no writeback cache), so the next stat() or read()

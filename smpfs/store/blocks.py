@@ -137,7 +137,7 @@ class BlocksMixin:
         # blocks.salt (format 3); a store opened read-only may be older
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(blocks)")}
         self._row_sql = ("SELECT counter, length, data, " + ("salt" if "salt" in cols else "NULL") +
-                         " FROM blocks WHERE ino=? AND blkno=?")
+                         ", " + ("mac" if "mac" in cols else "NULL") + " FROM blocks WHERE ino=? AND blkno=?")
         self.meta_pending = 0                          # store.db bytes added since the last commit (estimated)
         self.blocks_written = 0
 
@@ -200,8 +200,12 @@ class BlocksMixin:
         return self.keys.block_aead(salt), 0
 
     def _block_row(self, ino: int, blkno: int):
-        """``(counter, length, inline data or None, salt or None)``."""
-        return self.db.execute(self._row_sql, (ino, blkno)).fetchone()
+        """``(counter, length, inline data or None, salt or None)``, its MAC checked."""
+        row = self.db.execute(self._row_sql, (ino, blkno)).fetchone()
+        if row is None:
+            return None
+        self.check_block_row(ino, blkno, row[0], row[1], row[3], row[4])
+        return row[:4]
 
     def _load_block(self, ino: int, blkno: int, row, first: int = 0, last: int | None = None) -> bytes:
         """Decrypt chunks [first, last] of a stored block."""
@@ -231,6 +235,7 @@ class BlocksMixin:
         size = min(size, fsize - off)
         parts: list = []
         pos, end = off, off + size
+        holes_checked = False
         while pos < end:
             blkno, boff = divmod(pos, BLOCK_SIZE)
             n = min(end - pos, BLOCK_SIZE - boff)
@@ -241,6 +246,9 @@ class BlocksMixin:
                 parts.append(piece + bytes(n - len(piece)) if len(piece) < n else piece)
             else:
                 row = self._block_row(ino, blkno)
+                if row is None and not holes_checked:    # a hole, or a block-map row deleted?
+                    self.check_block_count(ino)
+                    holes_checked = True
                 if row is None or boff >= row[1]:
                     parts.append(bytes(n))               # a hole, or past the block's stored end
                 elif row[2] is not None:                 # small and inline: decrypt right here

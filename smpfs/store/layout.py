@@ -28,15 +28,16 @@ from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import StoreKeys
 from . import diskio
 from .diskio import fsync_dir
+from .metamac import MetaMac, seal_all
 from .reserve import ensure_reserve
 
 log = logging.getLogger("smpfs.store")
 
 #: The store format this code writes. Every change of what is on disk bumps it
 #: and adds a step to :data:`MIGRATIONS` (and a name to :data:`FEATURES`).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: What each format added, as ``store.json`` lists it in ``features``.
-FEATURES = {2: "inline-blocks", 3: "block-keys"}
+FEATURES = {2: "inline-blocks", 3: "block-keys", 4: "metadata-mac"}
 ROOT = 1
 NAME_MAX = 255
 
@@ -47,10 +48,13 @@ CREATE TABLE IF NOT EXISTS inodes (
     mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
     nlink INTEGER NOT NULL, size INTEGER NOT NULL DEFAULT 0,
     atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    rdev INTEGER NOT NULL DEFAULT 0, target BLOB);
+    rdev INTEGER NOT NULL DEFAULT 0, target BLOB,
+    nblocks INTEGER NOT NULL DEFAULT 0,   -- its block-map rows (format 4: in its MAC)
+    mac BLOB);                            -- format 4: see metamac.py
 CREATE TABLE IF NOT EXISTS dentries (
     id INTEGER PRIMARY KEY,
     parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
+    mac BLOB,
     UNIQUE (parent, name));
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries (ino);
 CREATE INDEX IF NOT EXISTS dentries_cursor ON dentries (parent, id);
@@ -62,6 +66,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     counter INTEGER NOT NULL, length INTEGER NOT NULL,
     data BLOB,                      -- sealed block kept inline (small blocks), else NULL: in b/
     salt BLOB,                      -- 16 random bytes: this version's own key (NULL: sealed by format 1-2)
+    mac BLOB,
     PRIMARY KEY (ino, blkno)) WITHOUT ROWID;
 """
 
@@ -183,7 +188,7 @@ def check_format(path: Path, store_id: str, db: sqlite3.Connection) -> int:
     return version
 
 
-def _to_v2(db: sqlite3.Connection) -> None:
+def _to_v2(db: sqlite3.Connection, keys: StoreKeys) -> None:
     """Format 2: small blocks sealed into ``blocks.data`` (inline blocks).
     Some format-1 stores already have the column (it was once added without
     a version change)."""
@@ -193,7 +198,7 @@ def _to_v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS dentries_cursor ON dentries (parent, id)")
 
 
-def _to_v3(db: sqlite3.Connection) -> None:
+def _to_v3(db: sqlite3.Connection, keys: StoreKeys) -> None:
     """Format 3: each block version sealed under a key of its own, from a random
     salt in ``blocks.salt``; blocks sealed before keep NULL (counter nonces)."""
     db.execute("ALTER TABLE blocks ADD COLUMN salt BLOB")
@@ -201,10 +206,19 @@ def _to_v3(db: sqlite3.Connection) -> None:
 
 #: (version, step): each step brings a store from version-1 to version, in one
 #: transaction of store.db that also records the new version.
-MIGRATIONS = [(2, _to_v2), (3, _to_v3)]
+def _to_v4(db: sqlite3.Connection, keys: StoreKeys) -> None:
+    """Format 4: inode rows, directory entries and block-map rows MACed
+    (metamac.py). What the store holds at the migration is taken as it is."""
+    db.execute("ALTER TABLE inodes ADD COLUMN nblocks INTEGER NOT NULL DEFAULT 0")
+    for table in ("inodes", "dentries", "blocks"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN mac BLOB")
+    seal_all(db, MetaMac(keys.meta_mac, keys.store_id))
 
 
-def migrate(path: Path, store_id: str, db: sqlite3.Connection, version: int) -> int:
+MIGRATIONS = [(2, _to_v2), (3, _to_v3), (4, _to_v4)]
+
+
+def migrate(path: Path, keys: StoreKeys, db: sqlite3.Connection, version: int) -> int:
     """Bring a store from ``version`` to :data:`FORMAT_VERSION`, one recorded
     step at a time (each its own transaction), then rewrite ``store.json``.
     A crash between steps leaves a store of the last finished step's version."""
@@ -213,13 +227,13 @@ def migrate(path: Path, store_id: str, db: sqlite3.Connection, version: int) -> 
             continue
         db.execute("BEGIN IMMEDIATE")
         try:
-            step(db)
+            step(db, keys)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('format_version', ?)", (str(target),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        log.info("store %s…: migrated from format %d to %d", store_id[:12], version, target)
+        log.info("store %s…: migrated from format %d to %d", keys.store_id.hex()[:12], version, target)
         version = target
     return version
 
@@ -261,6 +275,7 @@ def create_store(folder: Path, store_id: str, keys: StoreKeys, owner_uid: int,
         conn.execute("INSERT INTO inodes (ino, mode, uid, gid, nlink, size, atime_ns, mtime_ns, ctime_ns)"
                      " VALUES (?, ?, ?, ?, 2, 0, ?, ?, ?)",
                      (ROOT, stat.S_IFDIR | 0o700, owner_uid, gid, now, now, now))
+        seal_all(conn, MetaMac(keys.meta_mac, keys.store_id))
     conn.close()
     fsync_dir(path)
     ensure_reserve(Path(folder))

@@ -34,25 +34,27 @@ import sqlite3
 from pathlib import Path
 
 from ..crypto.keys import StoreKeys
+from ..errors import AuthenticationFailed
 from . import diskio
 from .blocks import PROCESS_BUDGET, BlocksMixin, DirtyBudget
 from .counter import NonceCounter, read_counter_file
 from .diskio import unlink_files
 from .layout import check_format, connect, err, migrate, sync_store_json
+from .metamac import MetaMacMixin
 from .readonly import ReadOnlyDb, add_blocks_data
 from .reserve import ensure_commit_room, ensure_reserve, release_reserve
 from .tree import TreeMixin
 from .xattrs import XattrsMixin
 
 
-class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
+class StateStore(TreeMixin, XattrsMixin, BlocksMixin, MetaMacMixin):
     """An open state store. Not thread-safe: use it from one thread (the
     daemon's trio thread); block crypto and I/O are pure functions that can
     run elsewhere."""
 
     def __init__(self, path: Path, keys: StoreKeys, *, min_free_bytes=lambda: 0,
                  min_counter: int = 0, on_reserve=None, budget: DirtyBudget | None = None,
-                 read_only: bool = False):
+                 read_only: bool = False, expect_root: bytes | None = None):
         self.path = Path(path)
         self.keys = keys
         self.sid = keys.store_id
@@ -73,8 +75,15 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
             sid_hex = self.sid.hex()
             self.format = check_format(self.path, sid_hex, self.db)
             if not read_only:
-                self.format = migrate(self.path, sid_hex, self.db, self.format)
+                self.format = migrate(self.path, keys, self.db, self.format)
                 sync_store_json(self.path, sid_hex, self.format)
+            # (a store of formats 1-3 opened read-only has no MACs to check)
+            self.init_macs(self.format >= 4, writable=not read_only)
+            # a released store never changes: its root MAC, kept in smp.db at
+            # release, finds a store put back whole from an older copy
+            if expect_root is not None and self.root_mac() != expect_root:
+                raise AuthenticationFailed(f"store {sid_hex[:12]}… fails authentication as a whole:"
+                                           " rolled back or edited since its release")
         except BaseException:
             self._close_db()
             raise
@@ -115,7 +124,9 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
         else:
             self._in_txn = False
             if not self.db.in_transaction:
+                self.forget_touched()
                 raise err(errno.EIO, "sqlite rolled the batch back (disk full?)")
+            self.seal_macs()
             ensure_commit_room(self.path.parent)
             try:
                 self.db.execute("COMMIT")
@@ -276,6 +287,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin):
             try:
                 if self._in_txn:
                     self.db.execute("ROLLBACK")
+                    self.forget_touched()
             finally:
                 self._close_db()
         self.db = None

@@ -5,7 +5,7 @@ import errno
 import stat
 import time
 
-from .layout import ATTR_COLS, NAME_MAX, ROOT, Attr, check_name, err
+from .layout import NAME_MAX, ROOT, Attr, check_name, err
 
 _LINK_TARGET = b"lt"
 
@@ -13,11 +13,17 @@ _LINK_TARGET = b"lt"
 class TreeMixin:
     """Part of :class:`~smpfs.store.statestore.StateStore`: inodes and directory entries."""
 
+    def _attr(self, row) -> Attr:
+        """An :class:`Attr` from a row of ``self.icols``, its MAC checked."""
+        self.check_inode_row(row)
+        ino, mode, uid, gid, nlink, size, rdev, atime, mtime, ctime = row[:10]
+        return Attr(ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev)
+
     def getattr(self, ino: int) -> Attr:
-        row = self.db.execute(f"SELECT {ATTR_COLS} FROM inodes WHERE ino=?", (ino,)).fetchone()
+        row = self.db.execute(f"SELECT {self.icols} FROM inodes WHERE ino=?", (ino,)).fetchone()
         if row is None:
             raise err(errno.ENOENT)
-        return Attr(*row)
+        return self._attr(row)
 
     def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
                 atime_ns=None, mtime_ns=None, ctime_ns=None) -> Attr:
@@ -68,31 +74,39 @@ class TreeMixin:
             return row[0] if row else ROOT
         if len(name) > NAME_MAX:
             raise err(errno.ENAMETOOLONG)
-        row = self.db.execute("SELECT ino FROM dentries WHERE parent=? AND name=?",
-                              (parent, self.keys.seal_name(parent, name))).fetchone()
+        sealed = self.keys.seal_name(parent, name)
+        row = self.db.execute(f"SELECT ino, id, {self.mac_col} FROM dentries WHERE parent=? AND name=?",
+                              (parent, sealed)).fetchone()
         if row is None:
             raise err(errno.ENOENT)
+        self.check_dentry(parent, sealed, *row)
         return row[0]
 
     def lookup_attr(self, parent: int, name: bytes) -> Attr:
         """``getattr(lookup(parent, name))`` in one query (the hot path of every open)."""
         if name in (b".", b"..") or len(name) > NAME_MAX:
             return self.getattr(self.lookup(parent, name))
+        sealed = self.keys.seal_name(parent, name)
         row = self.db.execute(
-            f"SELECT {', '.join('i.' + c.strip() for c in ATTR_COLS.split(','))}"
+            f"SELECT d.ino, d.id, d.{self.mac_col}, {self.icols_i}"
             " FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND d.name=?",
-            (parent, self.keys.seal_name(parent, name))).fetchone()
+            (parent, sealed)).fetchone()
         if row is None:
             raise err(errno.ENOENT)
-        return Attr(*row)
+        self.check_dentry(parent, sealed, *row[:3])
+        return self._attr(row[3:])
 
     def readdir(self, parent: int, after: int = 0, limit: int = 1000):
         """Entries of ``parent`` after cursor ``after``: (cursor, name, Attr)."""
         rows = self.db.execute(
-            f"SELECT d.id, d.name, {', '.join('i.' + c.strip() for c in ATTR_COLS.split(','))}"
+            f"SELECT d.id, d.name, d.{self.mac_col}, {self.icols_i}"
             " FROM dentries d JOIN inodes i ON i.ino = d.ino"
             " WHERE d.parent=? AND d.id>? ORDER BY d.id LIMIT ?", (parent, after, limit)).fetchall()
-        return [(r[0], self.keys.open_name(parent, r[1]), Attr(*r[2:])) for r in rows]
+        out = []
+        for r in rows:
+            self.check_dentry(parent, r[1], r[3], r[0], r[2])
+            out.append((r[0], self.keys.open_name(parent, r[1]), self._attr(r[3:])))
+        return out
 
     def is_empty_dir(self, ino: int) -> bool:
         return self.db.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (ino,)).fetchone() is None
@@ -138,12 +152,13 @@ class TreeMixin:
         return self.getattr(ino)
 
     def readlink(self, ino: int) -> bytes:
-        row = self.db.execute("SELECT mode, target FROM inodes WHERE ino=?", (ino,)).fetchone()
+        row = self.db.execute(f"SELECT {self.icols} FROM inodes WHERE ino=?", (ino,)).fetchone()
         if row is None:
             raise err(errno.ENOENT)
-        if not stat.S_ISLNK(row[0]) or row[1] is None:
+        a, target = self._attr(row), row[11]
+        if not stat.S_ISLNK(a.mode) or target is None:
             raise err(errno.EINVAL)
-        return self.keys.open_value(ino, _LINK_TARGET, row[1])
+        return self.keys.open_value(ino, _LINK_TARGET, target)
 
     def link(self, ino: int, parent: int, name: bytes) -> Attr:
         self.check_writable()

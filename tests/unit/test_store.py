@@ -470,3 +470,67 @@ def test_store_content_against_a_model(new_store):
     st = _open(path, keys)
     assert st.read(ino, 0, len(model) + 10) == bytes(model)
     st.close()
+
+
+# -- authenticated metadata ---------------------------------------------------------------
+
+def test_edited_rows_of_store_db_are_eio_not_wrong_answers(new_store):
+    """Each edit that once gave another answer (zeros, another file, a forged
+    mode, a cut size) fails authentication; untouched rows still read."""
+    import sqlite3
+    path, keys = new_store
+    st = _open(path, keys)
+    data = {n: os.urandom(2 * BLOCK_SIZE + 10) for n in (b"a", b"b", b"c", b"d", b"e")}
+    inos = {}
+    for n, d in data.items():
+        inos[n] = _new_file(st, n)
+        st.write(inos[n], 0, d)
+    st.close()
+    db = sqlite3.connect(path / "store.db")
+    with db:
+        db.execute("DELETE FROM blocks WHERE ino=? AND blkno=1", (inos[b"a"],))
+        db.execute("UPDATE inodes SET size=10 WHERE ino=?", (inos[b"b"],))
+        db.execute("UPDATE dentries SET ino=? WHERE ino=?", (inos[b"d"], inos[b"c"]))
+        db.execute("UPDATE inodes SET mode=?, uid=0 WHERE ino=?", (stat.S_IFREG | 0o6777, inos[b"e"]))
+        db.execute("UPDATE blocks SET length=length-1 WHERE ino=? AND blkno=2", (inos[b"d"],))
+    db.close()
+    st = _open(path, keys)
+    for what, fn in [("deleted block-map row", lambda: st.read(inos[b"a"], 0, 3 * BLOCK_SIZE)),
+                     ("edited size", lambda: st.getattr(inos[b"b"])),
+                     ("repointed name", lambda: st.lookup(ROOT, b"c")),
+                     ("repointed name (attributes)", lambda: st.lookup_attr(ROOT, b"c")),
+                     ("forged mode and owner", lambda: st.getattr(inos[b"e"])),
+                     ("edited block length", lambda: st.read(inos[b"d"], 2 * BLOCK_SIZE, 100))]:
+        with pytest.raises(OSError) as e:
+            fn()
+        assert e.value.errno == errno.EIO, what
+    assert st.read(inos[b"d"], 0, BLOCK_SIZE) == data[b"d"][:BLOCK_SIZE]
+    st.close()
+
+
+def test_metadata_macs_hold_through_every_kind_of_change(new_store):
+    """Renames, links, truncation, xattrs, chmod, rewrites: the rows the store
+    changed itself verify after a reopen (its MACs follow every change)."""
+    path, keys = new_store
+    st = _open(path, keys)
+    d = st.mknode(ROOT, b"d", stat.S_IFDIR | 0o755, 1000, 1000).ino
+    f = _new_file(st, b"f", d)
+    st.write(f, 0, os.urandom(3 * BLOCK_SIZE))
+    st.truncate(f, BLOCK_SIZE + 5)
+    st.write(f, 10, b"x" * 100)
+    st.link(f, ROOT, b"hard")
+    st.rename(d, b"f", ROOT, b"moved")
+    st.setattr(f, mode=0o600, mtime_ns=5)
+    st.setxattr(f, b"user.a", b"v")
+    g = _new_file(st, b"g")
+    st.write(g, 0, b"small")
+    st.rename(ROOT, b"g", ROOT, b"hard")          # replaces a link of f
+    st.mknode(ROOT, b"sym", stat.S_IFLNK | 0o777, 1000, 1000, target=b"moved")
+    st.close()
+    st = _open(path, keys)
+    assert sorted(n for _c, n, _a in st.readdir(ROOT)) == [b"d", b"hard", b"moved", b"sym"]
+    a = st.lookup_attr(ROOT, b"moved")
+    assert a.size == BLOCK_SIZE + 5 and stat.S_IMODE(a.mode) == 0o600 and a.nlink == 1
+    assert st.read(a.ino, 10, 100) == b"x" * 100 and st.read(st.lookup(ROOT, b"hard"), 0, 10) == b"small"
+    assert st.readlink(st.lookup(ROOT, b"sym")) == b"moved"
+    st.close()
