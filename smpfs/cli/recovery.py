@@ -37,6 +37,26 @@ def key_show(source, as_json):
     click.echo(f"open it with: smpfs recover --key KEY {r['store_path']} OUTDIR")
 
 
+@key.command("rotate")
+@json_option
+def key_rotate(as_json):
+    """Replace the master key: every live store's key rewrapped, the old key destroyed.
+
+    Run it after deleting stores whose wrapped keys may survive on disk (freed
+    blocks, backups of smp.db): with the old master key gone they open nothing.
+    Recovery keys do not change. Crash-safe: a kill leaves the old or the new key.
+
+    \b
+    Example:
+      smpfs key rotate
+    """
+    r = run("key_rotate")
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo(f"master key rotated: {r['stores_rewrapped']} store key(s) and "
+               f"{r['computer_secrets_rewrapped']} computer secret(s) rewrapped; the old key is destroyed")
+
+
 @main.command()
 @click.option("--key", "key_text", required=True, help="The recovery key (smpfs key show SOURCE).")
 @click.argument("store_path", type=click.Path(exists=True, file_okay=False))

@@ -75,6 +75,12 @@ def load_master_key(path: Path) -> bytes:
     return data
 
 
+def key_id(master: bytes) -> str:
+    """A fingerprint of a master key (safe to store: one-way), to tell which
+    key ``smp.db`` is wrapped under."""
+    return hmac.digest(master, b"smpfs-master-key-id", "sha256")[:16].hex()
+
+
 # -- data keys ----------------------------------------------------------------
 
 def new_data_key() -> bytes:

@@ -156,6 +156,12 @@ def _key_show(smp, caller, source):
             "recovery_key": keymod.format_recovery_key(data_key)}
 
 
+def _key_rotate(smp, caller):
+    """A new master key; every live store key and computer secret rewrapped; the old key destroyed."""
+    from . import masterkey
+    return masterkey.rotate(smp, caller)
+
+
 def _status(smp, caller):
     return {"state_dir": str(smp.state_dir), "settings": smp.settings(),
             "mountpoint": str(smp.mountpoint()) if smp.mountpoint() else None,
@@ -204,6 +210,7 @@ COMMANDS = {
     "folder_remove": _folder_remove,
     "config": _config,
     "key_show": _key_show,
+    "key_rotate": _key_rotate,
     "status": _status,
     "log": _log,
     "retention_run": _retention_run,

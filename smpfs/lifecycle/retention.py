@@ -13,7 +13,8 @@
   1. one transaction: ``wrapped_key = NULL``, ``status = 'deleting'``
      (from here on the store is gone from the mount and its blocks can never
      be decrypted again, backups included; ``secure_delete`` zeroes the bytes);
-  2. ``wal_checkpoint(TRUNCATE)`` so no old copy of the key stays in the WAL;
+  2. ``Smp.scrub_freed_pages``: the WAL checkpointed and truncated, free pages
+     vacuumed, so no old copy of the key stays in the WAL or the freelist;
   3. ``layout.destroy_store`` removes the blocks and metadata (idempotent);
   4. ``status = 'deleted'``, ``deleted_at``, ``bytes_freed``; audited.
 """
@@ -104,7 +105,7 @@ def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     size = layout.tree_bytes(live) if live.exists() else None
     cur = transition(smp, cur, Status.DELETING, wrapped_key=None,
                      bytes_freed=size if size is not None else cur["bytes_freed"])
-    checkpoint = _checkpoint(smp)
+    checkpoint = smp.scrub_freed_pages()
     freed = int(layout.destroy_store(folder_path, store_id) or 0)
     freed = max(freed, int(cur["bytes_freed"] or 0))
     now = time.time()
@@ -114,16 +115,6 @@ def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
                      deleted_at=now, bytes_freed=freed)
     return {"store_id": store_id, "source": row["source"], "dest": row["dest"],
             "bytes_freed": freed, "reason": reason, "deleted_at": now}
-
-
-def _checkpoint(smp) -> str:
-    """Checkpoint and truncate the WAL so old pages holding the key are gone."""
-    for _ in range(5):
-        busy, _log, _done = smp.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if not busy:
-            return "ok"
-        time.sleep(0.1)
-    return "busy"        # another reader holds the WAL; the next checkpoint overwrites it
 
 
 def sweep(smp, now: float | None = None, uid: int = 0) -> list[dict]:

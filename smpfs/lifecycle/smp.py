@@ -21,6 +21,7 @@ import re
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -376,8 +377,39 @@ class Smp:
 
     def master_key(self) -> bytes:
         if self._master is None:
+            from . import masterkey
+            masterkey.finish_interrupted(self.state_dir, self.conn)   # a rotation a kill cut short
             self._master = keymod.load_master_key(self.state_dir / keymod.MASTER_KEY_FILE)
         return self._master
+
+    def forget_master_key(self) -> None:
+        """Drop the cached master key (it was rotated): the next use reads the file."""
+        self._master = None
+
+    def scrub_freed_pages(self) -> str:
+        """After a key was destroyed or rewrapped: no old copy of it left in the
+        WAL or in free pages of smp.db. ``secure_delete`` zeroes what a change
+        frees; the WAL is checkpointed into the database and truncated, and a
+        database with free pages is vacuumed. Returns "ok", or "busy" when
+        another connection held the WAL (the next checkpoint overwrites it)."""
+        def checkpoint() -> str:
+            for _ in range(5):
+                busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return "ok"
+                time.sleep(0.1)
+            return "busy"
+        with self._lock:
+            if self.conn.in_transaction:
+                return "busy"
+            result = checkpoint()
+            if self.conn.execute("PRAGMA freelist_count").fetchone()[0]:
+                try:
+                    self.conn.execute("VACUUM")
+                except sqlite3.OperationalError:
+                    return "busy"
+                result = checkpoint()
+        return result
 
     def data_key(self, store_row: dict) -> bytes:
         """The store's data key (unwrapped); refused once the store was shredded."""

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -444,3 +445,19 @@ def test_a_released_store_put_back_from_an_older_copy_is_refused(msmp, comp_stor
         except OSError as e:
             return ("err", e.errno)
     assert _eio(msmp.as_uid(comp, look, store))
+
+
+def test_key_rotate_while_mounted_keeps_every_store_readable(msmp, comp_store):
+    comp, store = comp_store
+    old_master = (msmp.state / "master.key").read_bytes()
+    msmp.as_uid(comp, lambda: open(f"{store}/kept", "wb").write(b"kept across a rotation"))
+    before = msmp.cli("key", "show", comp.name, "--json").out
+    r = msmp.cli("key", "rotate")
+    assert "rotated" in r.out
+    assert (msmp.state / "master.key").read_bytes() != old_master
+    assert msmp.as_uid(comp, lambda: open(f"{store}/kept", "rb").read()) == b"kept across a rotation"
+    msmp.umount()
+    msmp.mount()                                     # the store opens with its key rewrapped
+    assert msmp.as_uid(comp, lambda: open(f"{store}/kept", "rb").read()) == b"kept across a rotation"
+    after = msmp.cli("key", "show", comp.name, "--json").out
+    assert json.loads(after)["recovery_key"] == json.loads(before)["recovery_key"]
