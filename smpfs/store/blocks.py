@@ -21,6 +21,7 @@ from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import BLOCK_SALT_BYTES
 from . import diskio
 from .layout import err
+from .parts import StoreParts
 
 DIRTY_MAX = 32 << 20               # plaintext bytes one store buffers before writing its oldest block
 DIRTY_TOTAL_MAX = 64 << 20         # ... and all open stores together (the daemon's memory stays flat)
@@ -79,7 +80,7 @@ class DirtyBudget:
 
     def __init__(self, limit: int = DIRTY_TOTAL_MAX):
         self.limit = limit
-        self._stores = weakref.WeakSet()
+        self._stores: weakref.WeakSet = weakref.WeakSet()
 
     def add(self, store) -> None:
         self._stores.add(store)
@@ -116,7 +117,7 @@ def write_block_file(path: str, data) -> None:
     io.close(fd)
 
 
-class BlocksMixin:
+class BlocksMixin(StoreParts):
     """Part of :class:`~smpfs.store.statestore.StateStore`: file content."""
 
     def init_blocks(self, budget: DirtyBudget) -> None:
@@ -207,7 +208,7 @@ class BlocksMixin:
         self.check_block_row(ino, blkno, row[0], row[1], row[3], row[4])
         return row[:4]
 
-    def _load_block(self, ino: int, blkno: int, row, first: int = 0, last: int | None = None) -> bytes:
+    def _load_block(self, ino: int, blkno: int, row, first: int = 0, last: int | None = None) -> bytes | bytearray:
         """Decrypt chunks [first, last] of a stored block."""
         counter, length, inline, salt = row
         if inline is not None:
@@ -252,7 +253,7 @@ class BlocksMixin:
                 if row is None or boff >= row[1]:
                     parts.append(bytes(n))               # a hole, or past the block's stored end
                 elif row[2] is not None:                 # small and inline: decrypt right here
-                    piece = self._load_block(ino, blkno, row)[boff:boff + n]
+                    piece = bytes(self._load_block(ino, blkno, row)[boff:boff + n])
                     parts.append(piece + bytes(n - len(piece)) if len(piece) < n else piece)
                 else:
                     first = boff // chunk.CHUNK_SIZE
@@ -448,7 +449,7 @@ class BlocksMixin:
             return
         self._record_block(job, None)
 
-    def _record_block(self, job: BlockJob, inline: bytes | None) -> None:
+    def _record_block(self, job: BlockJob, inline: bytes | bytearray | None) -> None:
         """Point the block map at a new version: ``inline`` ciphertext, or the job's file."""
         old = self._block_row(job.ino, job.blkno)
         if old is not None and old[0] > job.counter:  # a newer version won the race

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 
 class DiskIO:
@@ -65,7 +66,7 @@ class DiskIO:
         self.rmdir(path)
 
 
-_libc = None
+_libc: Any = None
 
 #: The implementation in use (the real OS unless a test swapped it).
 io: DiskIO = DiskIO()

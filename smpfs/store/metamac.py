@@ -31,6 +31,7 @@ import sqlite3
 import struct
 
 from ..errors import AuthenticationFailed
+from .parts import StoreParts
 
 MAC_BYTES = 16
 _INODE = b"smpfsI4\0"
@@ -75,9 +76,11 @@ class MetaMac:
     def _mac(self, msg: bytes) -> bytes:
         return hmac.digest(self.key, msg, "sha256")[:MAC_BYTES]
 
-    def inode(self, ino, mode, uid, gid, nlink, size, rdev, atime, mtime, ctime, nblocks) -> bytes:
+    def inode(self, attrs, nblocks: int) -> bytes:
+        """``attrs``: the first ten of INODE_MAC_COLS (ino .. ctime_ns)."""
+        ino = attrs[0]
         try:
-            fields = _I.pack(ino, mode, uid, gid, nlink, size, rdev, atime, mtime, ctime, nblocks)
+            fields = _I.pack(*attrs, nblocks)
         except (struct.error, TypeError):
             raise AuthenticationFailed(f"the attribute row of inode {ino} fails authentication: out of range")
         return self._mac(_INODE + self.sid + fields)
@@ -117,7 +120,7 @@ def seal_all(db: sqlite3.Connection, macs: MetaMac) -> None:
         ino = row[0]
         n = counts.get(ino, 0)
         db.execute("UPDATE inodes SET nblocks=?, mac=? WHERE ino=?",
-                   (n, macs.inode(*row[:10], n), ino))
+                   (n, macs.inode(row[:10], n), ino))
     for did, parent, name, ino in db.execute("SELECT id, parent, name, ino FROM dentries").fetchall():
         db.execute("UPDATE dentries SET mac=? WHERE id=?", (macs.dentry(parent, name, ino), did))
     for ino, blkno, ctr, length, salt in db.execute(
@@ -126,7 +129,7 @@ def seal_all(db: sqlite3.Connection, macs: MetaMac) -> None:
                    (macs.block(ino, blkno, ctr, length, salt), ino, blkno))
 
 
-class MetaMacMixin:
+class MetaMacMixin(StoreParts):
     """Part of :class:`~smpfs.store.statestore.StateStore`: row MACs, checked and kept."""
 
     def init_macs(self, enabled: bool, writable: bool) -> None:
@@ -159,7 +162,7 @@ class MetaMacMixin:
             if row is None:
                 continue
             n = db.execute("SELECT count(*) FROM blocks WHERE ino=?", (ino,)).fetchone()[0]
-            db.execute("UPDATE inodes SET nblocks=?, mac=? WHERE ino=?", (n, m.inode(*row[:10], n), ino))
+            db.execute("UPDATE inodes SET nblocks=?, mac=? WHERE ino=?", (n, m.inode(row[:10], n), ino))
         for did in self._touched_dentries:
             row = db.execute("SELECT parent, name, ino FROM dentries WHERE id=?", (did,)).fetchone()
             if row is not None:
@@ -184,7 +187,7 @@ class MetaMacMixin:
         m = self.macs
         if m is None or row[0] in self._touched_inodes:
             return
-        if row[12] is None or not hmac.compare_digest(m.inode(*row[:11]), row[12]):
+        if row[12] is None or not hmac.compare_digest(m.inode(row[:10], row[10]), row[12]):
             raise AuthenticationFailed(f"the attribute row of inode {row[0]} fails authentication")
 
     def check_dentry(self, parent: int, name: bytes, ino: int, did: int, mac) -> None:

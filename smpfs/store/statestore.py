@@ -98,7 +98,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin, MetaMacMixin):
         hwm = max(int(self._meta("counter_hwm")), read_counter_file(self.path), min_counter,
                   self.db.execute("SELECT coalesce(max(counter), 0) FROM blocks").fetchone()[0])
         self.counter = NonceCounter(self.path, hwm, on_reserve=on_reserve)
-        self._wal_fd = None
+        self._wal_fd: int | None = None
         self._wal_tight = False                        # see near_floor
         self._wal_synced = False                       # every commit so far is durable?
         self._commit_seq = 0
@@ -243,7 +243,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin, MetaMacMixin):
             if ino is None:
                 self.changed = False
             return gone
-        work.idle = not (whole_fs or paths or wal_fd is not None)
+        work.idle = not (whole_fs or paths or wal_fd is not None)  # type: ignore[attr-defined]
         return work, done
 
     def _wal_dup(self) -> int | None:
@@ -276,7 +276,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin, MetaMacMixin):
         if self._wal_fd is not None:
             os.close(self._wal_fd)
         self.db.close()
-        self.db = None
+        self.db = None  # type: ignore[assignment]  # closed: every use checks
 
     def abandon(self) -> None:
         """Drop everything unwritten (the store is being destroyed)."""
@@ -290,7 +290,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin, MetaMacMixin):
                     self.forget_touched()
             finally:
                 self._close_db()
-        self.db = None
+        self.db = None  # type: ignore[assignment]  # closed: every use checks
 
     def check_writable(self) -> None:
         if self.read_only:

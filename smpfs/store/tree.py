@@ -6,11 +6,12 @@ import stat
 import time
 
 from .layout import NAME_MAX, ROOT, Attr, check_name, err
+from .parts import StoreParts
 
 _LINK_TARGET = b"lt"
 
 
-class TreeMixin:
+class TreeMixin(StoreParts):
     """Part of :class:`~smpfs.store.statestore.StateStore`: inodes and directory entries."""
 
     def _attr(self, row) -> Attr:
@@ -142,6 +143,8 @@ class TreeMixin:
             (mode, uid, gid, 2 if is_dir else 1, len(target) if target is not None else 0,
              now, now, now, rdev))
         ino = cur.lastrowid
+        if ino is None:
+            raise err(errno.EIO, "the new inode has no number")
         if target is not None:
             self.db.execute("UPDATE inodes SET target=? WHERE ino=?",
                             (self.keys.seal_value(ino, _LINK_TARGET, target), ino))

@@ -5,11 +5,12 @@ import errno
 import time
 
 from .layout import err
+from .parts import StoreParts
 
 _XATTR_VALUE = b"xv"
 
 
-class XattrsMixin:
+class XattrsMixin(StoreParts):
     """Part of :class:`~smpfs.store.statestore.StateStore`: extended attributes."""
 
     def setxattr(self, ino: int, name: bytes, value: bytes, *, create=False, replace=False) -> None:
