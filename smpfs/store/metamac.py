@@ -14,8 +14,10 @@ another file's content, zeros, or a forged mode. From format 4 on:
   is computed when a released store is closed and kept in smp.db, so a
   store rolled back as a whole is refused when it is opened again.
 
-MACs are HMAC-SHA256 truncated to 16 bytes, under a key derived from the
-store's data key (``StoreKeys.meta_mac``). Rows are checked as they are
+MACs are keyed BLAKE2b with a 16-byte output (RFC 7693's MAC mode: one
+call, about half the cost of an HMAC-SHA256 here, which matters at one MAC
+per ``stat``), under a key derived from the store's data key
+(``StoreKeys.meta_mac``). Rows are checked as they are
 read; a row that fails is an ``EIO``. Changes are not MACed one by one: temp
 triggers (in the connection only, never in the file) note which rows a
 transaction touched, and :meth:`MetaMacMixin.seal_macs` MACs each once just
@@ -74,7 +76,7 @@ class MetaMac:
         self.sid = store_id
 
     def _mac(self, msg: bytes) -> bytes:
-        return hmac.digest(self.key, msg, "sha256")[:MAC_BYTES]
+        return hashlib.blake2b(msg, key=self.key, digest_size=MAC_BYTES).digest()
 
     def inode(self, attrs, nblocks: int) -> bytes:
         """``attrs``: the first ten of INODE_MAC_COLS (ino .. ctime_ns)."""

@@ -3,7 +3,7 @@ these bytes. A change of any byte layout (AD fields, their order, nonce
 construction, purpose bytes, KDF labels, key wrapping) fails here, even
 when the code that writes and the code that reads change together. A change
 meant on purpose needs a new store format version and new vectors, with the
-old ones kept for reading old stores."""
+old ones kept for reading old stores. Metadata MACs (store format 4) are pinned too."""
 from __future__ import annotations
 
 import hashlib
@@ -109,3 +109,25 @@ def test_key_wrapping_known_answer():
     assert key.unwrap(MASTER, SID, bytes.fromhex(WRAPPED)) == DATA_KEY
     ad = b"smpfs-wrap-v1:" + SID.encode()
     assert bytes(12) + AESGCM(MASTER).encrypt(bytes(12), DATA_KEY, ad) == bytes.fromhex(WRAPPED)
+
+
+def test_metadata_macs_known_answer(keys):
+    from smpfs.store.metamac import MetaMac
+    m = MetaMac(keys.meta_mac, keys.store_id)
+    inode = m.inode((5, 0o100644, 1000, 1001, 1, 4096, 0, 1, 2, 3), 1)
+    dentry = m.dentry(1, b"sealed-name", 5)
+    block = m.block(5, 0, 7, 4096, SALT)
+    assert inode.hex() == "a771a6f3d64b1528391311b81f224b95"
+    assert dentry.hex() == "571392eb56c0a158ef5eb894f64f2bd2"
+    assert block.hex() == "e8fbdc3561070770b7e7d441b617ee7e"
+    assert m.block(5, 1, 8, 100, None).hex() == "3a6d0b3e148d503c34d4548b5a3959fd"
+    # rebuilt from docs/architecture.md (Metadata MACs)
+    k = HKDF(hashes.SHA256(), 32, salt=None, info=b"smpfs-v1:metamac").derive(DATA_KEY)
+    sid = bytes.fromhex(SID)
+
+    def mac(msg):
+        return hashlib.blake2b(msg, key=k, digest_size=16).digest()
+    assert mac(b"smpfsI4\0" + sid + struct.pack("<QIIIqQQqqqQ", 5, 0o100644, 1000, 1001, 1, 4096,
+                                                0, 1, 2, 3, 1)) == inode
+    assert mac(b"smpfsD4\0" + sid + struct.pack("<QQ", 1, 5) + b"sealed-name") == dentry
+    assert mac(b"smpfsK4\0" + sid + struct.pack("<QQQQ", 5, 0, 7, 4096) + SALT) == block
