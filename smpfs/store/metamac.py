@@ -56,13 +56,15 @@ CREATE TEMP TRIGGER IF NOT EXISTS smpfs_mac_iu AFTER UPDATE OF
     ino, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns ON main.inodes
     BEGIN SELECT smpfs_touch_inode(NEW.ino); END;
 CREATE TEMP TRIGGER IF NOT EXISTS smpfs_mac_di AFTER INSERT ON main.dentries
-    BEGIN SELECT smpfs_touch_dentry(NEW.id); END;
+    BEGIN SELECT smpfs_touch_dentry(NEW.id, NEW.parent, NEW.name, NEW.ino); END;
 CREATE TEMP TRIGGER IF NOT EXISTS smpfs_mac_du AFTER UPDATE OF id, parent, name, ino ON main.dentries
-    BEGIN SELECT smpfs_touch_dentry(NEW.id); END;
+    BEGIN SELECT smpfs_touch_dentry(NEW.id, NEW.parent, NEW.name, NEW.ino); END;
 CREATE TEMP TRIGGER IF NOT EXISTS smpfs_mac_bi AFTER INSERT ON main.blocks
-    BEGIN SELECT smpfs_touch_block(NEW.ino, NEW.blkno); SELECT smpfs_touch_inode(NEW.ino); END;
+    BEGIN SELECT smpfs_touch_block(NEW.ino, NEW.blkno, NEW.counter, NEW.length, NEW.salt);
+          SELECT smpfs_touch_inode(NEW.ino); END;
 CREATE TEMP TRIGGER IF NOT EXISTS smpfs_mac_bu AFTER UPDATE OF ino, blkno, counter, length, salt ON main.blocks
-    BEGIN SELECT smpfs_touch_block(NEW.ino, NEW.blkno); SELECT smpfs_touch_inode(NEW.ino); END;
+    BEGIN SELECT smpfs_touch_block(NEW.ino, NEW.blkno, NEW.counter, NEW.length, NEW.salt);
+          SELECT smpfs_touch_inode(NEW.ino); END;
 CREATE TEMP TRIGGER IF NOT EXISTS smpfs_mac_bd AFTER DELETE ON main.blocks
     BEGIN SELECT smpfs_touch_inode(OLD.ino); END;
 """
@@ -143,14 +145,23 @@ class MetaMacMixin(StoreParts):
         self.icols_i = ", ".join(c if c in ("0", "NULL") else "i." + c
                                  for c in (c.strip() for c in self.icols.split(",")))
         self.mac_col = "mac" if enabled else "NULL"
+        # rows the open batch touched: inodes by number (their MAC needs the
+        # row as it is at the commit); entries and block-map rows with their
+        # latest values, as the triggers saw them
         self._touched_inodes: set[int] = set()
-        self._touched_dentries: set[int] = set()
-        self._touched_blocks: set[tuple[int, int]] = set()
+        self._touched_dentries: dict[int, tuple] = {}
+        self._touched_blocks: dict[tuple[int, int], tuple] = {}
         if self.macs is not None and writable:
-            self.db.create_function("smpfs_touch_inode", 1, self._touched_inodes.add, deterministic=False)
-            self.db.create_function("smpfs_touch_dentry", 1, self._touched_dentries.add, deterministic=False)
-            self.db.create_function("smpfs_touch_block", 2,
-                                    lambda ino, blkno: self._touched_blocks.add((ino, blkno)))
+            dentries, blocks = self._touched_dentries, self._touched_blocks
+
+            def touch_dentry(did, parent, name, ino):
+                dentries[did] = (parent, name, ino)
+
+            def touch_block(ino, blkno, counter, length, salt):
+                blocks[(ino, blkno)] = (counter, length, salt)
+            self.db.create_function("smpfs_touch_inode", 1, self._touched_inodes.add)
+            self.db.create_function("smpfs_touch_dentry", 4, touch_dentry)
+            self.db.create_function("smpfs_touch_block", 5, touch_block)
             self.db.executescript(_TRIGGERS)
 
     def seal_macs(self) -> None:
@@ -160,21 +171,17 @@ class MetaMacMixin(StoreParts):
             return
         db = self.db
         for ino in self._touched_inodes:
-            row = db.execute(f"SELECT {INODE_MAC_COLS} FROM inodes WHERE ino=?", (ino,)).fetchone()
+            row = db.execute(f"SELECT {INODE_MAC_COLS}, (SELECT count(*) FROM blocks WHERE ino=?1)"
+                             " FROM inodes WHERE ino=?1", (ino,)).fetchone()
             if row is None:
                 continue
-            n = db.execute("SELECT count(*) FROM blocks WHERE ino=?", (ino,)).fetchone()[0]
+            n = row[12]
             db.execute("UPDATE inodes SET nblocks=?, mac=? WHERE ino=?", (n, m.inode(row[:10], n), ino))
-        for did in self._touched_dentries:
-            row = db.execute("SELECT parent, name, ino FROM dentries WHERE id=?", (did,)).fetchone()
-            if row is not None:
-                db.execute("UPDATE dentries SET mac=? WHERE id=?", (m.dentry(*row), did))
-        for ino, blkno in self._touched_blocks:
-            row = db.execute("SELECT counter, length, salt FROM blocks WHERE ino=? AND blkno=?",
-                             (ino, blkno)).fetchone()
-            if row is not None:
-                db.execute("UPDATE blocks SET mac=? WHERE ino=? AND blkno=?",
-                           (m.block(ino, blkno, *row), ino, blkno))
+        # (a row deleted since it was touched: the UPDATE finds nothing)
+        db.executemany("UPDATE dentries SET mac=? WHERE id=?",
+                       [(m.dentry(*v), did) for did, v in self._touched_dentries.items()])
+        db.executemany("UPDATE blocks SET mac=? WHERE ino=? AND blkno=?",
+                       [(m.block(ino, blkno, *v), ino, blkno) for (ino, blkno), v in self._touched_blocks.items()])
         self.forget_touched()
 
     def forget_touched(self) -> None:
