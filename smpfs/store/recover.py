@@ -26,6 +26,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import StoreKeys, parse_recovery_key
@@ -116,7 +117,7 @@ def _walk(st, root_fd: int, stats: dict, progress) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     seen: dict[int, tuple[str, bool]] = {}       # inode -> (path relative to OUTDIR, damaged?): hard links
     # each frame: [dir inode, its fd, its relative path, readdir cursor]
-    stack = [[ROOT, os.dup(root_fd), "", 0]]
+    stack: list[list[Any]] = [[ROOT, os.dup(root_fd), "", 0]]
     while stack:
         frame = stack[-1]
         ino, dfd, rel, after = frame

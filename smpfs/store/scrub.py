@@ -19,7 +19,7 @@ from .layout import ROOT
 class _Names:
     """Paths in a store for messages: inode -> its first (parent, name)."""
 
-    def __init__(self, st, damaged: list[str]):
+    def __init__(self, st, damaged: list):
         self.first: dict[int, tuple[int, str]] = {}
         for parent, blob, ino in st.db.execute("SELECT parent, name, ino FROM dentries ORDER BY id"):
             try:

@@ -67,7 +67,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin, MetaMacMixin):
         if not (self.path / "store.db").exists():
             raise err(errno.ENOENT, f"no store at {self.path}")
         self._ro_db = ReadOnlyDb(self.path / "store.db", add_blocks_data) if read_only else None
-        self.db = self._ro_db.conn if read_only else connect(self.path / "store.db")
+        self.db = self._ro_db.conn if self._ro_db is not None else connect(self.path / "store.db")
         try:
             # a store of another format is refused, not half-understood;
             # an older one is migrated, one recorded step at a time (not when
@@ -259,7 +259,7 @@ class StateStore(TreeMixin, XattrsMixin, BlocksMixin, MetaMacMixin):
             self._ro_db.close()
         else:
             self.db.close()
-        self.db = None
+        self.db = None  # type: ignore[assignment]  # closed: every use checks
 
     def close(self) -> None:
         """Everything durable, then close. The store can be destroyed after."""
