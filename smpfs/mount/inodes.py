@@ -50,14 +50,14 @@ def store_entry(cat: Catalog, rowid: int, a: Attr) -> pyfuse3.EntryAttributes:
     e.st_rdev = a.rdev
     e.st_size = a.size
     e.st_blksize = BLOCK_SIZE
-    e.st_blocks = (a.size + 511) // 512
+    e.st_blocks = (a.stored + 511) // 512      # what is stored: holes are not (cp --sparse=auto)
     e.st_atime_ns = a.atime_ns
     e.st_mtime_ns = a.mtime_ns
     e.st_ctime_ns = a.ctime_ns
     if a.ino == STORE_ROOT:
-        # the store directory shows the uid entitled to it now
+        # the store directory shows the uid entitled to it now, and the mode,
+        # times and xattrs its computer gave it (others see the stub)
         e.st_uid = e.st_gid = cat.stores[rowid].owner
-        e.st_mode = stat.S_IFDIR | 0o700
     return e
 
 

@@ -30,9 +30,11 @@ from ..store.blocks import SpaceAfterDurable
 from ..store.layout import ROOT as STORE_ROOT
 from ..store.statestore import StateStore
 from .catalog import GONE, Catalog, StoreRec
+from .checks import Checks
 from .guard import handler, no_reply
 from .handles import Handle, Handles
-from .inodes import SHARE_BASE, STUB, join, split, store_entry, stub_entry, virtual_entry
+from .inodes import SHARE_BASE, STUB, join, split, stub_entry, virtual_entry
+from .perms import CAP_FSETID, REACH, Perms, R, W, X, access_want
 from .stores import NO_BLOCKS, OpenStores
 from .virtual import VirtualDirs
 from .writeback import Writeback
@@ -40,6 +42,7 @@ from .writeback import Writeback
 log = logging.getLogger("smpfs.mount.operations")
 
 THREAD_READ = 64 << 10       # reads decrypting this much or more go to a worker thread
+FMODE_EXEC = 0x20            # in open()'s flags when the kernel opens a file to execute it
 
 
 def _fail(code: int):
@@ -70,6 +73,8 @@ class SmpOperations(pyfuse3.Operations):
         self.handles = Handles()
         self.stores = OpenStores(catalog, open_store, self.wb, self.handles)
         self.virtual = VirtualDirs(catalog, self.stores, self.handles)
+        self.perms = Perms()
+        self.chk = Checks(catalog, self.perms)
         self.read_limiter = trio.CapacityLimiter(4)     # disk reads overlap; decryption releases the GIL
 
     # -- helpers ------------------------------------------------------------------
@@ -115,19 +120,25 @@ class SmpOperations(pyfuse3.Operations):
     async def lookup(self, parent, name, ctx):
         rowid, local = split(parent)
         if rowid == 0:
-            return self.handles.counted(self.virtual.lookup(parent, name, ctx.uid))
+            e = self.virtual.lookup(parent, name, ctx.uid)
+            if split(e.st_ino)[1] == STORE_ROOT:
+                self.perms.remember(e)                 # a store directory, as its computer sees it
+            return self.handles.counted(e)
         if local == STUB and name not in (b".", b".."):
             raise _fail(errno.EACCES)
         st = self._need(rowid, ctx.uid)
+        if local != STUB:
+            self.chk.may(ctx, rowid, local, st, X)        # search permission on the directory
         if name == b".." and st.lookup(local, name) == STORE_ROOT and local == STORE_ROOT:
             share = self.cat.shares[self.cat.stores[rowid].folder_id]
             return self.handles.counted(virtual_entry(SHARE_BASE + share.folder_id))
-        return self.handles.counted(store_entry(self.cat, rowid, st.lookup_attr(local, name)))
+        return self.handles.counted(self.chk.entry_under(rowid, local, st, st.lookup_attr(local, name), ctx.uid))
 
     @no_reply
     async def forget(self, inode_list):
         for ino, n in inode_list:
             if self.handles.forget(ino, n):
+                self.perms.drop(ino)
                 self.stores.free_if_unreferenced(ino)
 
     @handler
@@ -139,45 +150,41 @@ class SmpOperations(pyfuse3.Operations):
         # directory itself is visible to anyone who can list the share
         if local == STUB:
             return stub_entry(self.stores.rec(rowid))
-        return store_entry(self.cat, rowid, self._need(rowid, ctx.uid).getattr(local))
+        return self.chk.entry(rowid, self._need(rowid, ctx.uid).getattr(local, stored=True))
 
     @handler
     async def setattr(self, inode, attr, fields, fh, ctx):
         rowid, local = split(inode)
-        if rowid == 0:
+        if rowid == 0 or local == STUB:
             raise _fail(errno.EPERM)
         h = self.handles.files.get(fh) if fh is not None else None
-        uid = h.uid if h is not None else ctx.uid
-        st = self._need(rowid, uid, write=True)
-        if local == STORE_ROOT and (fields.update_mode or fields.update_uid or fields.update_gid):
-            raise _fail(errno.EPERM)            # the SMP owns the store directory's owner and mode
-        kw = {}
-        if fields.update_mode:
-            kw["mode"] = attr.st_mode
-        if fields.update_uid and attr.st_uid != st.getattr(local).uid:
-            if ctx.uid != 0 and attr.st_uid != ctx.uid:
-                raise _fail(errno.EPERM)
-            kw["uid"] = attr.st_uid
-        if fields.update_gid and attr.st_gid != st.getattr(local).gid:
-            # POSIX: an owner may give a file only to a group it belongs to
-            if attr.st_gid != ctx.gid and attr.st_gid not in _groups(ctx.pid):
-                raise _fail(errno.EPERM)
-            kw["gid"] = attr.st_gid
-        if fields.update_size:
-            kw["size"] = attr.st_size
-            st.flush_inode(local)
-            await self.wb.drain(st, local)
-        if fields.update_atime:
-            kw["atime_ns"] = attr.st_atime_ns
-        if fields.update_mtime:
-            kw["mtime_ns"] = attr.st_mtime_ns
+        st = self._need(rowid, h.uid if h is not None else ctx.uid, write=True)
+        a = st.getattr(local)
+        if local == STORE_ROOT:
+            a.uid = a.gid = self.cat.stores[rowid].owner     # the SMP owns the store directory's owner
+        c = self.perms.full(ctx, self.chk.alias(rowid, ctx.uid))
+        kw = self.chk.setattr_rights(ctx, rowid, local, st, a, attr, fields, c)
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
+        if fields.update_size:
+            if stat.S_ISDIR(a.mode):
+                raise _fail(errno.EISDIR)
+            if h is None:                                     # truncate(2) by path: write permission
+                self.chk.may(ctx, rowid, local, st, W)
+            if attr.st_size != a.size:
+                st.flush_inode(local)
+                await self.wb.drain(st, local)
+                st.truncate(local, attr.st_size, keep_privs=c.has(CAP_FSETID))
+                self.perms.drop(inode)
+        before = self.chk.pattr(rowid, local, st)
         a = st.setattr(local, **kw)
+        e = self.chk.entry(rowid, a)
+        if kw.keys() & {"mode", "uid", "gid"}:
+            self.chk.after_dir_change(rowid, local, st, ctx.uid, before, self.chk.pattr(rowid, local, st))
         if "mode" in kw:
             for other in self.handles.of_inode(inode):
                 other.suid = bool(a.mode & (stat.S_ISUID | stat.S_ISGID))
-        return store_entry(self.cat, rowid, a)
+        return e
 
     @handler
     async def access(self, inode, mode, ctx):
@@ -190,9 +197,13 @@ class SmpOperations(pyfuse3.Operations):
             lvl = self._level(rowid, ctx.uid)
         except pyfuse3.FUSEError:
             return False
-        if lvl is None:
+        if lvl is None or (mode & os.W_OK and lvl != "rw"):
             return False
-        return lvl == "rw" or not (mode & os.W_OK)
+        want = access_want(mode)
+        if not want:
+            return True                                # F_OK: it exists
+        st = self.stores.use(rowid)
+        return self.perms.check(ctx, self.chk.alias(rowid, ctx.uid), self.chk.pattr(rowid, local, st), want) is not None
 
     @handler
     async def readlink(self, inode, ctx):
@@ -201,28 +212,7 @@ class SmpOperations(pyfuse3.Operations):
 
     @handler
     async def statfs(self, ctx):
-        s = pyfuse3.StatvfsData()
-        seen, total, free, avail, files, ffree = set(), 0, 0, 0, 0, 0
-        for share in self.cat.shares.values():
-            try:
-                v = os.statvfs(share.path)
-                dev = os.stat(share.path).st_dev
-            except OSError:
-                continue
-            if dev in seen:
-                continue
-            seen.add(dev)
-            total += v.f_blocks * v.f_frsize
-            free += v.f_bfree * v.f_frsize
-            avail += max(0, v.f_bavail * v.f_frsize - share.min_free())
-            files += v.f_files
-            ffree += v.f_ffree
-        bs = 4096
-        s.f_bsize = s.f_frsize = bs
-        s.f_blocks, s.f_bfree, s.f_bavail = total // bs, free // bs, avail // bs
-        s.f_files, s.f_ffree, s.f_favail = files, ffree, ffree
-        s.f_namemax = 255
-        return s
+        return self.virtual.statfs(ctx.uid)
 
     # -- directories ----------------------------------------------------------------
 
@@ -232,7 +222,7 @@ class SmpOperations(pyfuse3.Operations):
         if rowid:
             if local == STUB:
                 raise _fail(errno.EACCES)
-            self._need(rowid, ctx.uid)
+            self.chk.may(ctx, rowid, local, self._need(rowid, ctx.uid), R)
         return self.handles.open_dir(inode, ctx.uid)
 
     @handler
@@ -242,13 +232,17 @@ class SmpOperations(pyfuse3.Operations):
         if rowid == 0:
             return self.virtual.readdir(inode, uid, start_id, token)
         st = self._need(rowid, uid)
+        # names the uid alone may not search for are not cached (see perms.py)
+        cache = self.perms.cacheable(uid, self.chk.alias(rowid, uid), self.chk.pattr(rowid, local, st))
         after = start_id
         while True:
             batch = st.readdir(local, after)
             if not batch:
                 return
             for cursor, name, a in batch:
-                entry = store_entry(self.cat, rowid, a)
+                entry = self.chk.entry(rowid, a)
+                if not cache:
+                    entry.entry_timeout = 0
                 if not pyfuse3.readdir_reply(token, name, entry, cursor):
                     return
                 self.handles.counted(entry)
@@ -283,8 +277,9 @@ class SmpOperations(pyfuse3.Operations):
         if rowid == 0:
             raise _fail(errno.EACCES)
         st = self._need(rowid, ctx.uid, write=True)
+        mode = self.chk.new_mode(ctx, rowid, local, st, mode)
         a = st.mknode(local, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target)
-        return self.handles.counted(store_entry(self.cat, rowid, a))
+        return self.handles.counted(self.chk.entry_under(rowid, local, st, a, ctx.uid))
 
     @handler
     async def unlink(self, parent, name, ctx):
@@ -299,6 +294,7 @@ class SmpOperations(pyfuse3.Operations):
         if rowid == 0:
             raise _fail(errno.EACCES)
         st = self._need(rowid, ctx.uid, write=True)
+        self.chk.may_remove(ctx, rowid, local, name, st)
         a = st.unlink(local, name, want_dir=want_dir)
         if a.nlink == 0:
             self.stores.free_if_unreferenced(join(rowid, a.ino))
@@ -312,11 +308,16 @@ class SmpOperations(pyfuse3.Operations):
         if r1 != r2:
             raise _fail(errno.EXDEV)
         st = self._need(r1, ctx.uid, write=True)
+        self.chk.may_rename(ctx, r1, st, l1, name_old, l2, name_new, bool(flags & pyfuse3.RENAME_EXCHANGE))
         replaced = st.rename(l1, name_old, l2, name_new,
                              noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                              exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
         if replaced is not None and replaced.nlink == 0:
             self.stores.free_if_unreferenced(join(r1, replaced.ino))
+        if l1 != l2:
+            self.chk.after_move(r1, l2, name_new, st, ctx.uid)
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                self.chk.after_move(r1, l1, name_old, st, ctx.uid)
 
     @handler
     async def link(self, inode, new_parent, new_name, ctx):
@@ -327,7 +328,8 @@ class SmpOperations(pyfuse3.Operations):
         if r1 != r2:
             raise _fail(errno.EXDEV)
         st = self._need(r1, ctx.uid, write=True)
-        return self.handles.counted(store_entry(self.cat, r1, st.link(l1, l2, new_name)))
+        self.chk.may(ctx, r1, l2, st, REACH)
+        return self.handles.counted(self.chk.entry_under(r1, l2, st, st.link(l1, l2, new_name), ctx.uid))
 
     # -- files ------------------------------------------------------------------------
 
@@ -336,16 +338,25 @@ class SmpOperations(pyfuse3.Operations):
         rowid, local = split(inode)
         if rowid == 0:
             raise _fail(errno.EISDIR)
-        writable = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        acc = flags & os.O_ACCMODE
+        writable = acc != os.O_RDONLY or bool(flags & os.O_TRUNC)
         st = self._need(rowid, ctx.uid, write=writable)
         a = st.getattr(local)
         if stat.S_ISDIR(a.mode) and writable:
             raise _fail(errno.EISDIR)
+        if flags & FMODE_EXEC:
+            want = X
+        else:
+            want = (R if acc != os.O_WRONLY else 0) | (W if writable else 0)
+        c = self.chk.may(ctx, rowid, local, st, want)
+        privs = a.mode & (stat.S_ISUID | stat.S_ISGID)
+        keep = bool(writable and privs) and self.perms.full(ctx, c.alias).has(CAP_FSETID)
         if flags & os.O_TRUNC:          # POSIX: marks mtime even if the file is empty
             st.flush_inode(local)
             await self.wb.drain(st, local)
-            st.truncate(local, 0)
-        fh = self.handles.open_file(inode, ctx.uid, ctx.gid, writable, a.mode)
+            st.truncate(local, 0, keep_privs=keep)
+            self.perms.drop(inode)
+        fh = self.handles.open_file(inode, ctx.uid, ctx.gid, writable, 0 if keep else a.mode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @handler
@@ -354,9 +365,12 @@ class SmpOperations(pyfuse3.Operations):
         if rowid == 0:
             raise _fail(errno.EACCES)
         st = self._need(rowid, ctx.uid, write=True)
-        a = st.mknode(local, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
-        entry = self.handles.counted(store_entry(self.cat, rowid, a))
-        fh = self.handles.open_file(entry.st_ino, ctx.uid, ctx.gid, True)
+        mode = self.chk.new_mode(ctx, rowid, local, st, stat.S_IFREG | stat.S_IMODE(mode))
+        a = st.mknode(local, name, mode, ctx.uid, ctx.gid)
+        entry = self.handles.counted(self.chk.entry_under(rowid, local, st, a, ctx.uid))
+        keep = bool(a.mode & (stat.S_ISUID | stat.S_ISGID)) and \
+            self.perms.full(ctx, self.chk.alias(rowid, ctx.uid)).has(CAP_FSETID)
+        fh = self.handles.open_file(entry.st_ino, ctx.uid, ctx.gid, True, 0 if keep else a.mode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry
 
     @handler
@@ -383,8 +397,9 @@ class SmpOperations(pyfuse3.Operations):
             if st.db is None:                    # the store went meanwhile
                 raise OSError(errno.EIO, "the store was closed") from None
             n = st.write(local, off, buf, retry_space=False)
-        if h.suid:
+        if h.suid:                           # set at open unless the opener held CAP_FSETID
             st.clear_suid(local)
+            self.perms.drop(h.ino)
             for other in self.handles.of_inode(h.ino):
                 other.suid = False
         await self.wb.wait_room()
@@ -439,14 +454,18 @@ class SmpOperations(pyfuse3.Operations):
             raise _fail(errno.EPERM)
         if name.startswith((b"system.", b"security.")):
             raise _fail(errno.EOPNOTSUPP)
-        self._need(rowid, ctx.uid, write=True).setxattr(local, name, value)
+        st = self._need(rowid, ctx.uid, write=True)
+        self.chk.may(ctx, rowid, local, st, W)
+        st.setxattr(local, name, value)
 
     @handler
     async def getxattr(self, inode, name, ctx):
         rowid, local = split(inode)
-        if rowid == 0 or name.startswith((b"system.", b"security.")):
+        if rowid == 0 or local == STUB or name.startswith((b"system.", b"security.")):
             raise _fail(pyfuse3.ENOATTR)
-        return self._need(rowid, ctx.uid).getxattr(local, name)
+        st = self._need(rowid, ctx.uid)
+        self.chk.may(ctx, rowid, local, st, R)
+        return st.getxattr(local, name)
 
     @handler
     async def listxattr(self, inode, ctx):
@@ -460,4 +479,6 @@ class SmpOperations(pyfuse3.Operations):
         rowid, local = split(inode)
         if rowid == 0:
             raise _fail(errno.EPERM)
-        self._need(rowid, ctx.uid, write=True).removexattr(local, name)
+        st = self._need(rowid, ctx.uid, write=True)
+        self.chk.may(ctx, rowid, local, st, W)
+        st.removexattr(local, name)

@@ -4,10 +4,12 @@ live state store)."""
 from __future__ import annotations
 
 import errno
+import os
 
 import pyfuse3
 
 from ..lifecycle import access as access_mod
+from ..lifecycle.status import GONE
 from ..store.layout import ROOT as STORE_ROOT
 from .catalog import Catalog, StoreRec
 from .handles import Handles
@@ -75,3 +77,46 @@ class VirtualDirs:
             if not pyfuse3.readdir_reply(token, name, entry, cursor):
                 return
             self.handles.counted(entry)
+
+    def store_of(self, uid: int) -> StoreRec | None:
+        """The store ``uid`` may change, else one it may read, else None."""
+        best = None
+        for rec in self.cat.stores.values():
+            lvl = access_mod.level(rec.as_row(), uid) if rec.status not in GONE else None
+            if lvl == "rw":
+                return rec
+            if lvl is not None and best is None:
+                best = rec
+        return best
+
+    def statfs(self, uid: int) -> pyfuse3.StatvfsData:
+        """statfs for ``uid``. pyfuse3 does not pass the inode, so the answer is
+        per caller: a computer entitled to a store is told about that store's
+        storage folder (its free space less the folder's minimum free space),
+        everyone else (root included) about the whole SMP."""
+        shares = list(self.cat.shares.values())
+        mine = self.store_of(uid)
+        if mine is not None and mine.folder_id in self.cat.shares:
+            shares = [self.cat.shares[mine.folder_id]]
+        s = pyfuse3.StatvfsData()
+        seen, total, free, avail, files, ffree = set(), 0, 0, 0, 0, 0
+        for share in shares:
+            try:
+                v = os.statvfs(share.path)
+                dev = os.stat(share.path).st_dev
+            except OSError:
+                continue
+            if dev in seen:
+                continue
+            seen.add(dev)
+            total += v.f_blocks * v.f_frsize
+            free += v.f_bfree * v.f_frsize
+            avail += max(0, v.f_bavail * v.f_frsize - share.min_free())
+            files += v.f_files
+            ffree += v.f_ffree
+        bs = 4096
+        s.f_bsize = s.f_frsize = bs
+        s.f_blocks, s.f_bfree, s.f_bavail = total // bs, free // bs, avail // bs
+        s.f_files, s.f_ffree, s.f_favail = files, ffree, ffree
+        s.f_namemax = 255
+        return s

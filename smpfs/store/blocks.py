@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import time
 import weakref
 from collections import OrderedDict
@@ -20,7 +19,7 @@ from ..crypto import chunk
 from ..crypto.chunk import BLOCK_SIZE
 from ..crypto.keys import BLOCK_SALT_BYTES
 from . import diskio
-from .layout import err
+from .layout import Attr, err, killed_mode
 from .parts import StoreParts
 
 DIRTY_MAX = 32 << 20               # plaintext bytes one store buffers before writing its oldest block
@@ -188,6 +187,19 @@ class BlocksMixin(StoreParts):
             "SELECT counter FROM blocks WHERE ino=? AND data IS NULL", (ino,)))
         self.db.execute("DELETE FROM blocks WHERE ino=?", (ino,))
         self._unsynced.pop(ino, None)
+
+    def with_pending(self, a: Attr) -> Attr:
+        """``a`` (an Attr with ``stored``) counting content still in memory too:
+        a block in memory stands for its stored version, if any."""
+        if not (self._dirty or self._inflight):
+            return a
+        mem = {k[1]: len(j.data) for k, j in self._inflight.items() if k[0] == a.ino}
+        mem.update({k[1]: len(d.data) for k, d in self._dirty.items() if k[0] == a.ino})
+        if mem:
+            lengths = dict(self.db.execute("SELECT blkno, length FROM blocks WHERE ino=?", (a.ino,)))
+            lengths.update(mem)
+            a.stored = sum(lengths.values())
+        return a
 
     def block_path(self, counter: int) -> str:
         return f"{self.path}/b/{counter & 0xFF:02x}/{counter:016x}"
@@ -503,7 +515,9 @@ class BlocksMixin(StoreParts):
         work()
         done()
 
-    def truncate(self, ino: int, size: int) -> None:
+    def truncate(self, ino: int, size: int, *, keep_privs: bool = False) -> None:
+        """Change the size; clears setuid (and setgid with group-execute) unless
+        ``keep_privs`` (the caller holds CAP_FSETID)."""
         self.check_writable()
         if self.inflight(ino):
             raise RuntimeError("truncate with blocks in flight: drain them first")
@@ -533,14 +547,15 @@ class BlocksMixin(StoreParts):
         now = time.time_ns()
         self.begin_change()
         self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE ino=?", (size, now, now, ino))
-        if stat.S_ISREG(a.mode) and a.mode & (stat.S_ISUID | stat.S_ISGID):
-            self.db.execute("UPDATE inodes SET mode=? WHERE ino=?",
-                            (a.mode & ~(stat.S_ISUID | stat.S_ISGID), ino))
+        if not keep_privs and killed_mode(a.mode) != a.mode:
+            self.db.execute("UPDATE inodes SET mode=? WHERE ino=?", (killed_mode(a.mode), ino))
 
-    def clear_suid(self, ino: int) -> None:
-        """A write by the owner clears setuid/setgid (HANDLE_KILLPRIV)."""
+    def clear_suid(self, ino: int) -> bool:
+        """A write clears setuid, and setgid with group-execute (HANDLE_KILLPRIV:
+        the kernel leaves it to us). True if the mode changed."""
         a = self.getattr(ino)
-        if stat.S_ISREG(a.mode) and a.mode & (stat.S_ISUID | stat.S_ISGID):
-            self.begin_change()
-            self.db.execute("UPDATE inodes SET mode=? WHERE ino=?",
-                            (a.mode & ~(stat.S_ISUID | stat.S_ISGID), ino))
+        if killed_mode(a.mode) == a.mode:
+            return False
+        self.begin_change()
+        self.db.execute("UPDATE inodes SET mode=? WHERE ino=?", (killed_mode(a.mode), ino))
+        return True

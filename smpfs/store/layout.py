@@ -85,6 +85,19 @@ class Attr:
     mtime_ns: int
     ctime_ns: int
     rdev: int
+    stored: int = 0          # plaintext bytes of content actually stored (holes are not): st_blocks
+
+
+#: ``stored`` of the inode aliased ``i``, as a column of the same query (the block map's primary key)
+STORED_COL = "(SELECT coalesce(sum(b.length), 0) FROM blocks b WHERE b.ino = i.ino)"
+
+
+def killed_mode(mode: int) -> int:
+    """A regular file's mode after a write, truncate or chown: setuid goes, and
+    setgid when group-execute is set (without it, setgid marks mandatory locking)."""
+    if not stat.S_ISREG(mode):
+        return mode
+    return mode & ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
 
 
 def err(code: int, what: str = "") -> OSError:

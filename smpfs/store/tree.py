@@ -5,7 +5,7 @@ import errno
 import stat
 import time
 
-from .layout import NAME_MAX, ROOT, Attr, check_name, err
+from .layout import NAME_MAX, ROOT, STORED_COL, Attr, check_name, err, killed_mode
 from .parts import StoreParts
 
 _LINK_TARGET = b"lt"
@@ -14,17 +14,25 @@ _LINK_TARGET = b"lt"
 class TreeMixin(StoreParts):
     """Part of :class:`~smpfs.store.statestore.StateStore`: inodes and directory entries."""
 
-    def _attr(self, row) -> Attr:
-        """An :class:`Attr` from a row of ``self.icols``, its MAC checked."""
+    def _attr(self, row, stored: bool = False) -> Attr:
+        """An :class:`Attr` from a row of ``self.icols`` (then, with ``stored``,
+        the stored content bytes), its MAC checked."""
         self.check_inode_row(row)
         ino, mode, uid, gid, nlink, size, rdev, atime, mtime, ctime = row[:10]
-        return Attr(ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev)
+        a = Attr(ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev)
+        if stored:
+            a.stored = row[-1]
+            a = self.with_pending(a)
+        return a
 
-    def getattr(self, ino: int) -> Attr:
-        row = self.db.execute(f"SELECT {self.icols} FROM inodes WHERE ino=?", (ino,)).fetchone()
+    def getattr(self, ino: int, *, stored: bool = False) -> Attr:
+        """An inode's attributes; with ``stored``, also how much content is
+        stored (a sum over its block map: what st_blocks shows)."""
+        cols = f"{self.icols}, {STORED_COL}" if stored else self.icols
+        row = self.db.execute(f"SELECT {cols} FROM inodes i WHERE ino=?", (ino,)).fetchone()
         if row is None:
             raise err(errno.ENOENT)
-        return self._attr(row)
+        return self._attr(row, stored)
 
     def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
                 atime_ns=None, mtime_ns=None, ctime_ns=None) -> Attr:
@@ -46,9 +54,9 @@ class TreeMixin(StoreParts):
             sets.append("gid=?")
             args.append(gid)
         if (uid is not None or gid is not None) and stat.S_ISREG(a.mode) and mode is None:
-            # chown clears setuid/setgid, as on any POSIX filesystem
+            # chown clears setuid (and setgid with group-execute), as on any POSIX filesystem
             sets.append("mode=?")
-            args.append(a.mode & ~(stat.S_ISUID | stat.S_ISGID))
+            args.append(killed_mode(a.mode))
         if atime_ns is not None:
             sets.append("atime_ns=?")
             args.append(atime_ns)
@@ -59,7 +67,7 @@ class TreeMixin(StoreParts):
         args.append(ctime_ns if ctime_ns is not None else now)
         self.begin_change()
         self.db.execute(f"UPDATE inodes SET {', '.join(sets)} WHERE ino=?", (*args, ino))
-        return self.getattr(ino)
+        return self.getattr(ino, stored=True)
 
     def _touch(self, ino: int, now: int | None = None) -> None:
         now = now or time.time_ns()
@@ -89,24 +97,24 @@ class TreeMixin(StoreParts):
             return self.getattr(self.lookup(parent, name))
         sealed = self.keys.seal_name(parent, name)
         row = self.db.execute(
-            f"SELECT d.ino, d.id, d.{self.mac_col}, {self.icols_i}"
+            f"SELECT d.ino, d.id, d.{self.mac_col}, {self.icols_i}, {STORED_COL}"
             " FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND d.name=?",
             (parent, sealed)).fetchone()
         if row is None:
             raise err(errno.ENOENT)
         self.check_dentry(parent, sealed, *row[:3])
-        return self._attr(row[3:])
+        return self._attr(row[3:], stored=True)
 
     def readdir(self, parent: int, after: int = 0, limit: int = 1000):
         """Entries of ``parent`` after cursor ``after``: (cursor, name, Attr)."""
         rows = self.db.execute(
-            f"SELECT d.id, d.name, d.{self.mac_col}, {self.icols_i}"
+            f"SELECT d.id, d.name, d.{self.mac_col}, {self.icols_i}, {STORED_COL}"
             " FROM dentries d JOIN inodes i ON i.ino = d.ino"
             " WHERE d.parent=? AND d.id>? ORDER BY d.id LIMIT ?", (parent, after, limit)).fetchall()
         out = []
         for r in rows:
             self.check_dentry(parent, r[1], r[3], r[0], r[2])
-            out.append((r[0], self.keys.open_name(parent, r[1]), self._attr(r[3:])))
+            out.append((r[0], self.keys.open_name(parent, r[1]), self._attr(r[3:], stored=True)))
         return out
 
     def is_empty_dir(self, ino: int) -> bool:
@@ -152,7 +160,7 @@ class TreeMixin(StoreParts):
         if is_dir:
             self.db.execute("UPDATE inodes SET nlink=nlink+1 WHERE ino=?", (parent,))
         self._touch(parent, now)
-        return self.getattr(ino)
+        return self.getattr(ino, stored=True)
 
     def readlink(self, ino: int) -> bytes:
         row = self.db.execute(f"SELECT {self.icols} FROM inodes WHERE ino=?", (ino,)).fetchone()
@@ -181,7 +189,7 @@ class TreeMixin(StoreParts):
         self.db.execute("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, sealed, ino))
         self.db.execute("UPDATE inodes SET nlink=nlink+1, ctime_ns=? WHERE ino=?", (now, ino))
         self._touch(parent, now)
-        return self.getattr(ino)
+        return self.getattr(ino, stored=True)
 
     def unlink(self, parent: int, name: bytes, *, want_dir: bool = False) -> Attr:
         """Remove a name (``want_dir``: rmdir). Returns the inode's new attributes;
@@ -206,7 +214,7 @@ class TreeMixin(StoreParts):
         else:
             self.db.execute("UPDATE inodes SET nlink=nlink-1, ctime_ns=? WHERE ino=?", (now, ino))
         self._touch(parent, now)
-        return self.getattr(ino)
+        return self.getattr(ino, stored=True)
 
     def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, *,
                noreplace: bool = False, exchange: bool = False) -> Attr | None:

@@ -7,6 +7,13 @@ mkdir/rmdir, chmod, utime, xattrs, symlinks, close and reopen, and a share
 of operations that must fail with a known errno -- and every read, stat,
 listing, xattr and link target is compared with an in-memory model.
 
+Permissions are those of ext4: the driver runs as a capture tool holding
+``CAP_DAC_OVERRIDE`` and ``CAP_DAC_READ_SEARCH`` (so the random modes it
+sets do not stop it), and *permission probes* run in a child that drops
+them, whose every answer (EACCES or not) must be what the model's modes say
+for the owner. Files track the 1 MiB blocks written to them, and ``st_blocks``
+must never count more than those (holes are not stored).
+
 A run is a number of *segments*. Each segment is one forked child running as
 the computer's uid (no fork per operation); between segments the SMP is
 unmounted and mounted again, and the next segment starts by checking the
@@ -30,7 +37,13 @@ import re
 import stat
 import time
 
+from smpfs.testing import set_caps
+
 MiB = 1 << 20
+BLOCK = 1 << 20                     # smpfs's content block (st_blocks counts whole stored blocks)
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1 << 1, 1 << 2
+DRIVER_CAPS = CAP_DAC_OVERRIDE | CAP_DAC_READ_SEARCH
+DEST_CAPS = CAP_DAC_READ_SEARCH     # the restoring tool reads everything
 MAX_SIZE = 3 * MiB + 4099           # largest file the driver makes
 MAX_ENTRIES = 70                    # names in the whole tree
 F, D, L = "file", "dir", "symlink"
@@ -47,7 +60,7 @@ CI_OPS = int(os.environ.get("SMPFS_MODEL_OPS", "3000" if LONG else "700"))
 
 class Node:
     __slots__ = ("kind", "mode", "data", "target", "children", "xattrs", "nlink",
-                 "atime", "mtime", "mtime_min")
+                 "atime", "mtime", "mtime_min", "blocks")
 
     def __init__(self, kind: str, mode: int, target: bytes = b""):
         self.kind = kind
@@ -60,6 +73,12 @@ class Node:
         self.atime = None             # exact times, known after a utime
         self.mtime = None
         self.mtime_min = 0            # lower bound once modified
+        self.blocks: set[int] = set()  # content blocks ever written (since truncated below them)
+
+    def stored_max(self) -> int:
+        """The most content bytes this file can have stored: its written blocks."""
+        size = len(self.data)
+        return sum(min(BLOCK, size - b * BLOCK) for b in self.blocks if b * BLOCK < size)
 
     def __getstate__(self):
         return {k: getattr(self, k) for k in self.__slots__}
@@ -257,6 +276,9 @@ class Driver:
             self.fail(f"{what!r}: nlink {st.st_nlink}, model {nlink}")
         if n.kind == F and st.st_size != len(n.data):
             self.fail(f"{what!r}: size {st.st_size}, model {len(n.data)}")
+        if n.kind == F and st.st_blocks * 512 > n.stored_max() + 511:
+            self.fail(f"{what!r}: st_blocks {st.st_blocks} counts more than the {n.stored_max()} bytes "
+                      f"written (blocks {sorted(n.blocks)}): holes must not count")
         if n.kind == L and st.st_size != len(n.target):
             self.fail(f"{what!r}: symlink size {st.st_size}, model {len(n.target)}")
         if nid != Model.ROOT and st.st_uid != self.uid:
@@ -360,6 +382,7 @@ class Driver:
         if how == "trunc":                   # POSIX: O_TRUNC marks mtime, even of an empty file
             self.touch_data(node, t0)
             node.data = bytearray()
+            node.blocks.clear()
         self.fds[fd] = [nid, how != "w", how != "r", how == "a"]
         self.check_stat(os.fstat(fd), nid, rel)
 
@@ -419,6 +442,7 @@ class Driver:
         if off > len(node.data):
             node.data.extend(bytes(off - len(node.data)))
         node.data[off:off + size] = data
+        node.blocks.update(range(off // BLOCK, (off + size - 1) // BLOCK + 1))
         self.touch_data(node, t0)
         self.stats["bytes_written"] += size
         if readable and self.rng.random() < 0.5:       # read the boundary region back
@@ -468,6 +492,7 @@ class Driver:
         self.touch_data(node, t0) if size != len(node.data) else None
         if size < len(node.data):
             del node.data[size:]
+            node.blocks = {b for b in node.blocks if b * BLOCK < size}
         else:
             node.data.extend(bytes(size - len(node.data)))
 
@@ -715,6 +740,109 @@ class Driver:
         if os.getxattr(self.p(rel), k) != v:
             self.fail(f"{rel!r}: xattr {k!r} reads back differently")
 
+    # -- permissions (as ext4 decides them for the owner without capabilities) --------
+
+    def searchable(self, rel: bytes) -> bool:
+        """Every directory on the way to ``rel`` has the owner's search bit."""
+        nid, parts = Model.ROOT, rel.split(b"/") if rel else []
+        for part in parts[:-1] if parts else []:
+            if not self.m.nodes[nid].mode & 0o100:
+                return False
+            nid = self.m.nodes[nid].children[part]
+        return not parts or bool(self.m.nodes[nid].mode & 0o100)
+
+    def probe(self, fn, *args) -> int:
+        """errno (0: success) of ``fn(*args)`` in a child without capabilities."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 255
+            try:
+                set_caps(0)
+                try:
+                    res = fn(*args)
+                    code = 0 if res is not False else errno.EACCES     # access() says no
+                except OSError as e:
+                    code = e.errno or 254
+            finally:
+                os.write(w, bytes([code & 0xFF]))
+                os._exit(0)
+        os.close(w)
+        got = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        return got[0] if got else 253
+
+    def op_perm(self):
+        """A permission probe: the model's modes say whether it is allowed."""
+        ents = self.m.walk()
+        if not ents:
+            return False
+        rel, nid, did, _ = self.rng.choice(ents)
+        n = self.m.nodes[nid]
+        reach = self.searchable(rel)
+        path = self.p(rel)
+        choice = self.rng.randrange(6)
+        if choice == 0:
+            what, ok, fn, args = "lstat", reach, os.lstat, (path,)
+        elif choice == 1 and n.kind == F:
+            acc, bit = self.rng.choice([(os.O_RDONLY, 0o400), (os.O_WRONLY, 0o200), (os.O_RDWR, 0o600)])
+            what, ok = f"open {acc}", reach and n.mode & bit == bit
+            fn, args = (lambda p, a: os.close(os.open(p, a | os.O_NOFOLLOW))), (path, acc)
+        elif choice == 2 and n.kind == D:
+            what, ok, fn, args = "listdir", reach and n.mode & 0o400, os.listdir, (path,)
+        elif choice == 3 and n.kind != L:
+            want = self.rng.choice([os.F_OK, os.R_OK, os.W_OK, os.X_OK, os.R_OK | os.W_OK])
+            bits = (0o400 if want & os.R_OK else 0) | (0o200 if want & os.W_OK else 0) \
+                | (0o100 if want & os.X_OK else 0)
+            what, ok, fn, args = f"access {want}", reach and n.mode & bits == bits, os.access, (path, want)
+        elif choice == 4 and n.kind != L:
+            # a missing xattr: ENODATA if it may read, EACCES if not
+            what, ok, fn, args = "getxattr", reach and n.mode & 0o400, os.getxattr, (path, b"user.no-such")
+        elif choice == 5 and n.kind == D and len(path) < PATH_ROOM - 20:
+            what, ok = "mkdir+rmdir", reach and n.mode & 0o300 == 0o300
+            fn, args = (lambda p: (os.mkdir(p), os.rmdir(p))), (path + b"/perm-probe",)
+        else:
+            return False
+        self.note(f"perm probe {what} {rel!r} (mode {n.mode:o}, path searchable {reach})")
+        t0 = time.time_ns()
+        got = self.probe(fn, *args)
+        if what == "getxattr" and got == errno.ENODATA:
+            got = 0
+        if got not in (0, errno.EACCES):
+            self.fail(f"permission probe {what} {rel!r}: errno {errno.errorcode.get(got, got)}")
+        if bool(ok) != (got == 0):
+            self.fail(f"permission probe {what} {rel!r}: {'allowed' if got == 0 else 'EACCES'}, "
+                      f"but the modes say {'allowed' if ok else 'EACCES'}")
+        if what == "mkdir+rmdir" and got == 0:
+            self.touch_dir(nid, t0=t0)
+        self.stats["perm_probes"] += 1
+
+    def op_sparse(self):
+        """A write far past the end (a hole), then st_blocks must stay small."""
+        files = self.entries(F)
+        if not files:
+            return False
+        rel, nid, _, _ = self.rng.choice(files)
+        node = self.m.nodes[nid]
+        off = self.rng.randrange(len(node.data), MAX_SIZE - 10) if len(node.data) < MAX_SIZE - 10 else 0
+        data = self.rng.randbytes(self.rng.randrange(1, 10))
+        self.note(f"sparse write {rel!r} {len(data)} bytes at {off}")
+        t0 = time.time_ns()
+        fd = os.open(self.p(rel), os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, off)
+            if off > len(node.data):
+                node.data.extend(bytes(off - len(node.data)))
+            node.data[off:off + len(data)] = data
+            node.blocks.add(off // BLOCK)
+            node.blocks.add((off + len(data) - 1) // BLOCK)
+            self.touch_data(node, t0)
+            self.check_stat(os.fstat(fd), nid, rel)
+        finally:
+            os.close(fd)
+        self.check_stat(os.lstat(self.p(rel)), nid, rel)
+
     def op_invalid(self):
         """Operations the model says must fail, with the errno POSIX gives."""
         ents = self.m.walk()
@@ -763,7 +891,7 @@ class Driver:
     OPS = [("create", 8), ("open", 7), ("close", 7), ("write", 22), ("read", 10), ("truncate", 6),
            ("fsync", 2), ("stat", 6), ("check", 4), ("listdir", 3), ("mkdir", 4), ("rmdir", 2),
            ("unlink", 5), ("link", 3), ("symlink", 2), ("rename", 6), ("chmod", 3), ("utime", 3),
-           ("setxattr", 4), ("invalid", 4)]
+           ("setxattr", 4), ("invalid", 4), ("perm", 5), ("sparse", 2)]
 
     def run(self, nops: int) -> None:
         names = [n for n, _ in self.OPS]
@@ -841,17 +969,17 @@ def run_model(smp, seed, segments: int, ops: int, log=print) -> dict:
     totals = collections.Counter()
     t0 = time.monotonic()
     for seg in range(segments):
-        model, stats = smp.as_uid(src, _segment, str(store), model, seed, seg, ops, src.uid)
+        model, stats = smp.as_uid(src, _segment, str(store), model, seed, seg, ops, src.uid, caps=DRIVER_CAPS)
         totals.update(stats)
         smp.remount()
         log(f"  segment {seg}: {stats.get('ops', 0)} ops, {len(model.walk())} names, "
             f"{sum(len(n.data) for n in model.nodes.values()) / MiB:.1f} MiB "
             f"({time.monotonic() - t0:.1f}s)")
-    model, stats = smp.as_uid(src, _segment, str(store), model, seed, segments, 0, src.uid)
+    model, stats = smp.as_uid(src, _segment, str(store), model, seed, segments, 0, src.uid, caps=DRIVER_CAPS)
     totals.update(stats)
     smp.release_capture(src)
     smp.request_restore(dst)
-    totals.update(smp.as_uid(dst, _verify_readonly, str(store), model, seed, src.uid))
+    totals.update(smp.as_uid(dst, _verify_readonly, str(store), model, seed, src.uid, caps=DEST_CAPS))
     smp.umount()
     try:
         report = json.loads(smp.cli("fsck", "--no-repair", "--json", check=False).out)
