@@ -119,7 +119,7 @@ def snapshot(root: str) -> dict:
             rel = os.path.relpath(p, root)
             a = os.lstat(p)
             entry = {"type": stat.S_IFMT(a.st_mode), "mode": oct(stat.S_IMODE(a.st_mode)),
-                     "mtime_ns": a.st_mtime_ns}
+                     "mtime_ns": a.st_mtime_ns, "owner": (a.st_uid, a.st_gid)}
             if stat.S_ISREG(a.st_mode):
                 with open(p, "rb") as fh:
                     data = fh.read()
@@ -179,6 +179,44 @@ def _roundtrip(env, copy_in, copy_out):
     assert_same_tree(want, got_out, "copied back out")
 
 
+def _diff_r(smp, comp, a: str, b: str, caps: str = "") -> None:
+    r = _run_tool(smp, comp, f"diff -r --no-dereference {_q(a)} {_q(b)}", caps)
+    assert r.returncode == 0, f"diff -r {a} {b}:\n{r.stdout[-3000:]}{r.stderr[-2000:]}"
+
+
+def _roundtrip_store_dir(env, copy_in, copy_out, caps: str = ""):
+    """Copy the tree into the store directory itself (as a task sequence does
+    with $OSDStateStorePath) and back out; ``caps``: run the tools holding
+    these capabilities (setpriv, ambient)."""
+    smp, comp, store, work = env
+    src, out = f"{work}/src", f"{work}/out"
+    want = smp.as_uid(comp, snapshot, src, caps=_CAP_READ)
+    _sanity(want)
+    r = _run_tool(smp, comp, copy_in(src, store), caps)
+    assert r.returncode == 0, f"copy into the store directory failed ({r.returncode}): {r.stderr}"
+    r = _run_tool(smp, comp, copy_out(store, out), caps)
+    assert r.returncode == 0, f"copy out failed ({r.returncode}): {r.stderr}"
+    got_in = smp.as_uid(comp, snapshot, store, caps=_CAP_READ)
+    got_out = smp.as_uid(comp, snapshot, out, caps=_CAP_READ)
+    for got in (got_in, got_out):
+        del got["."]["owner"]          # the store directory's owner is the SMP's (the computer)
+    del want["."]["owner"]
+    assert_same_tree(want, got_in, "in the store directory")
+    assert_same_tree(want, got_out, "copied back out")
+    _diff_r(smp, comp, src, out, caps)
+
+
+_CAP_READ = 1 << 2                     # CAP_DAC_READ_SEARCH: snapshot files of any owner and mode
+
+
+def _run_tool(smp, comp, cmd: str, caps: str):
+    if not caps:
+        return smp.run(cmd, who=comp, check=False)
+    c = ",".join("+" + x for x in caps.split(","))
+    return smp.run(["setpriv", f"--reuid={comp.uid}", f"--regid={comp.uid}", "--clear-groups",
+                    f"--inh-caps={c}", f"--ambient-caps={c}", "sh", "-c", cmd], check=False)
+
+
 def _q(p: str) -> str:
     return "'" + p.replace("'", "'\\''") + "'"
 
@@ -211,3 +249,79 @@ def test_tar_archive_file_in_store(env):
                 who=comp, check=False)
     assert r.returncode == 0, r.stderr
     assert_same_tree(smp.as_uid(comp, snapshot, src), smp.as_uid(comp, snapshot, f"{work}/x"), "via an archive")
+
+
+# -- into the store directory itself (cp -a profile/. "$OSDStateStorePath") ---------------
+
+TAR = "--format=posix --xattrs --xattrs-include='user.*' --sparse"
+
+
+def test_cp_a_into_the_store_directory(env):
+    _roundtrip_store_dir(env, lambda a, b: f"cp -a {_q(a)}/. {_q(b)}",
+                         lambda a, b: f"cp -a {_q(a)} {_q(b)}")
+
+
+def test_rsync_into_the_store_directory(env):
+    def rsync(a, b):
+        return f"rsync -aHAX --numeric-ids {_q(a + '/')} {_q(b + '/')}"
+    _roundtrip_store_dir(env, rsync, rsync)
+
+
+def test_tar_into_the_store_directory(env):
+    smp, comp, store, work = env
+    r = smp.run(f"tar {TAR} -C {_q(work)}/src -cf {_q(work)}/profile.tar .", who=comp, check=False)
+    assert r.returncode == 0, r.stderr
+    _roundtrip_store_dir(env, lambda a, b: f"tar {TAR} -xpf {_q(work)}/profile.tar -C {_q(b)}",
+                         lambda a, b: f"mkdir {_q(b)} && tar {TAR} -C {_q(a)} -cf - . | tar {TAR} -C {_q(b)} -xpf -")
+
+
+# -- three owners, copied by a capture tool holding capabilities ----------------------------
+
+OWNERS = (64100, 64200)
+CAPS = "chown,fowner,dac_read_search"
+
+
+@pytest.fixture
+def owned_env(env):
+    """The tree, with parts of it given to two more users (a multi-user /home)."""
+    smp, comp, store, work = env
+    src = f"{work}/src"
+    a, b = OWNERS
+    for rel, uid, gid in (("links", a, a), ("links/a", a, b), ("links/pair1", b, b), ("deep", b, a),
+                          ("deep/a/b/c/d/e/f.txt", a, a), ("readonly", b, b), ("sticky", a, a),
+                          ("sticky/inside", b, b), ("ro_dir", a, a), ("ro_dir/f", b, a)):
+        st = os.lstat(f"{src}/{rel}")
+        os.chown(f"{src}/{rel}", uid, gid)
+        os.utime(f"{src}/{rel}", ns=(st.st_atime_ns, st.st_mtime_ns))      # chown leaves mtime
+    return env
+
+
+def _owners(snap: dict) -> set:
+    return {v["owner"][0] for v in snap.values() if isinstance(v, dict)}
+
+
+def test_three_owners_round_trip_with_capabilities(owned_env):
+    smp, comp, store, work = owned_env
+    assert _owners(smp.as_uid(comp, snapshot, f"{work}/src", caps=_CAP_READ)) == {comp.uid, *OWNERS}
+
+    def tar_in(a, b):
+        return f"tar {TAR} --same-owner --numeric-owner -C {_q(a)} -cf - . | " \
+               f"tar {TAR} --same-owner --numeric-owner -xpf - -C {_q(b)}"
+
+    def tar_out(a, b):
+        return f"mkdir {_q(b)} && " + tar_in(a, b)
+    _roundtrip_store_dir(owned_env, tar_in, tar_out, caps=CAPS)
+
+
+def test_three_owners_cp_with_capabilities(owned_env):
+    _roundtrip_store_dir(owned_env, lambda a, b: f"cp -a {_q(a)}/. {_q(b)}",
+                         lambda a, b: f"cp -a {_q(a)} {_q(b)}", caps=CAPS)
+
+
+def test_three_owners_rsync_with_capabilities(owned_env):
+    """rsync decides by its uid, not its capabilities, whether to set owners
+    (--super), and creates files in a directory after giving it away, so it
+    also needs CAP_DAC_OVERRIDE -- as it would on ext4."""
+    def rsync(a, b):
+        return f"rsync -aHAX --numeric-ids --super {_q(a + '/')} {_q(b + '/')}"
+    _roundtrip_store_dir(owned_env, rsync, rsync, caps=CAPS + ",dac_override")
