@@ -19,7 +19,8 @@
 
 SMPFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SMPFS_VENV="$SMPFS_ROOT/.venv"
-SMPFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rsync attr tar python3-venv samba smbclient libnss-wrapper)
+SMPFS_APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rsync attr tar python3-venv samba smbclient libnss-wrapper
+                    fio stress-ng wimtools util-linux)
 
 _smpfs_say() { printf '==> %s\n' "$*" >&2; }
 _smpfs_die() { printf 'smpfs setup: %s\n' "$*" >&2; exit 1; }
