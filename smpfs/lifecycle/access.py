@@ -8,7 +8,9 @@ captured / restoring/ restored None (ro if source = dest)  ro  None
 deleting / deleted             gone        gone             gone
 =============================  ==========  ===============  ===========================
 
-File modes recorded at capture are shown but never decide access; this does.
+This decides who reaches a store at all; inside it, the uid let in meets the
+POSIX permission rules of the mount (smpfs/mount/perms.py), which never let
+anyone else in.
 """
 from __future__ import annotations
 

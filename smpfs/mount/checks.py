@@ -19,7 +19,18 @@ from ..store.layout import killed_mode
 from ..store.statestore import StateStore
 from .catalog import Catalog
 from .inodes import join, store_entry
-from .perms import CAP_CHOWN, CAP_FSETID, REACH, Cred, Perms, W, may_delete, owner_or
+from .perms import CAP_CHOWN, CAP_FOWNER, CAP_FSETID, REACH, Cred, Perms, R, W, may_delete, owner_or
+
+
+def _protected_hardlinks() -> bool:
+    try:
+        with open("/proc/sys/fs/protected_hardlinks") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return True
+
+
+PROTECTED_HARDLINKS = _protected_hardlinks()
 
 
 def _fail(code: int):
@@ -129,6 +140,21 @@ class Checks:
                 mode &= ~stat.S_ISGID
         return mode
 
+
+    def may_link(self, ctx, rowid: int, local: int, st: StateStore) -> None:
+        """fs.protected_hardlinks, which the kernel asks the filesystem to judge:
+        a hard link to a file one does not own needs a plain file (no setuid,
+        no executable setgid) one may read and write, or CAP_FOWNER."""
+        if not PROTECTED_HARDLINKS:
+            return
+        mode, uid, gid = self.pattr(rowid, local, st)
+        c = self.perms.plain(ctx.uid, ctx.gid, self.alias(rowid, ctx.uid))
+        if c.owns(uid):
+            return
+        safe = stat.S_ISREG(mode) and killed_mode(mode) == mode
+        if not (safe and self.perms.check(ctx, c.alias, (mode, uid, gid), R | W)) \
+                and not self.perms.full(ctx, c.alias).has(CAP_FOWNER):
+            raise _fail(errno.EPERM)
 
     def setattr_rights(self, ctx, rowid: int, local: int, st: StateStore, a, attr, fields, c: Cred) -> dict:
         """What a setattr may change, as the kernel decides it for a local

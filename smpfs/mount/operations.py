@@ -329,6 +329,7 @@ class SmpOperations(pyfuse3.Operations):
             raise _fail(errno.EXDEV)
         st = self._need(r1, ctx.uid, write=True)
         self.chk.may(ctx, r1, l2, st, REACH)
+        self.chk.may_link(ctx, r1, l1, st)
         return self.handles.counted(self.chk.entry_under(r1, l2, st, st.link(l1, l2, new_name), ctx.uid))
 
     # -- files ------------------------------------------------------------------------

@@ -285,6 +285,17 @@ def test_setuid_setgid_clearing_and_cap_fsetid(st):
     assert st(lambda s: stat.S_IMODE(os.stat(p).st_mode)) == 0o2755
 
 
+def test_protected_hardlinks(st):
+    def setup(s):
+        _mk(s, "theirs_ro", mode=0o644, uid=OTHER)          # readable, not writable by us
+        _mk(s, "theirs_rw", mode=0o666, uid=OTHER)
+    st(setup, caps=CAP_CHOWN)
+    s = st.path
+    assert st.e(os.link, f"{s}/theirs_ro", f"{s}/l1") == "EPERM"
+    assert st.e(os.link, f"{s}/theirs_rw", f"{s}/l2") == "ok"
+    assert st.e(os.link, f"{s}/theirs_ro", f"{s}/l3", caps=CAP_FOWNER) == "ok"
+
+
 def test_cap_mknod(st):
     s = st.path
     dev = os.makedev(1, 3)
