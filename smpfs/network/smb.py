@@ -308,7 +308,7 @@ class SmbService:
    logging = file
    log file = {d / 'log' / 'smbd.log'}
    max log size = 10000
-   log level = 1
+   log level = 0
    # who: computers only, by their secret; no guests, no anonymous listing
    map to guest = Never
    restrict anonymous = 2

@@ -168,7 +168,10 @@ def test_data_written_over_smb_is_ciphertext_at_rest(net_smp, users):
     found = subprocess.run(["grep", "-r", "-a", "-l", "-F", "--", m, *map(str, roots)],
                            capture_output=True, text=True)
     probe.unlink()
-    assert found.stdout.split() == [str(probe)], f"plaintext marker at rest: {found.stdout}"
+    leaks = [f for f in found.stdout.split() if f != str(probe)]
+    context = subprocess.run(["grep", "-r", "-a", "-o", "-F", "-m", "3", "--", m, *leaks],
+                             capture_output=True, text=True).stdout if leaks else ""
+    assert found.stdout.split() == [str(probe)], f"plaintext marker at rest: {found.stdout}\n{context}"
 
 
 def test_a_side_by_side_migration_over_the_network(net_smp, seed):
