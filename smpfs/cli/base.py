@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..errors import NotMountedError, SmpError
+from ..errors import NotMountedError, PermissionDenied, SmpError, UsageError
 from ..lifecycle import api
 from ..lifecycle.smp import DEFAULT_STATE_DIR, Smp, resolve_state_dir
 from ..units import format_duration, format_size
@@ -28,17 +28,76 @@ class Ctx:
     json: bool = False
 
 
-class SmpGroup(click.Group):
-    """A click group that turns SmpError into ``smpfs: message`` + exit code."""
+#: Fields the lifecycle layer returns for the daemon's own use; never shown.
+INTERNAL_FIELDS = ("changed_stores", "ok", "ts")
 
-    def invoke(self, ctx):
+
+def _wants_json_errors(args) -> bool:
+    args = list(args)
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+def report_error(e: SmpError, as_json: bool) -> None:
+    """One error, the documented way: ``smpfs: message`` + ``hint:`` on stderr,
+    or with --json one object ``{"error": {class, exit, message, hint}}``."""
+    if as_json:
+        click.echo(json.dumps({"error": {"class": type(e).__name__, "exit": e.exit_code,
+                                         "message": e.message, "hint": e.hint}}, sort_keys=True), err=True)
+        return
+    click.echo(f"smpfs: {e.message}", err=True)
+    click.echo(f"  hint: {e.hint}", err=True)
+
+
+def to_smp_error(e: BaseException, command: str = "COMMAND") -> SmpError | None:
+    """What reaches a user for any exception: click's usage errors, aborts, an
+    OSError nobody translated, or a bug (named, but never as a traceback)."""
+    if isinstance(e, SmpError):
+        return e
+    if isinstance(e, click.exceptions.NoSuchOption | click.exceptions.BadParameter | click.exceptions.UsageError):
+        return UsageError(e.format_message(), f"see `smpfs {command} --help` for the arguments and an example")
+    if isinstance(e, click.ClickException):
+        err = SmpError(e.format_message())
+        err.exit_code = e.exit_code if e.exit_code in (1, 2) else 1
+        return err
+    if isinstance(e, click.Abort | KeyboardInterrupt):
+        return SmpError("aborted: nothing was changed", "add --yes to skip the confirmation")
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        return SmpError(f"{e.strerror or e}{where}",
+                        "check the paths given and that this user may reach them")
+    return None
+
+
+class SmpGroup(click.Group):
+    """The ``smpfs`` group: every failure becomes ``smpfs: message`` + ``hint:``
+    (or one JSON object with --json) and its documented exit code; no traceback
+    reaches a user (``SMPFS_DEBUG=1`` shows it)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if args is None:
+            args = sys.argv[1:]
+        args = list(args)
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        as_json = _wants_json_errors(args)
+        words = [a for a in args if not a.startswith("-")][:2]
         try:
-            return super().invoke(ctx)
-        except SmpError as e:
-            click.echo(f"smpfs: {e.message}", err=True)
-            if e.hint:
-                click.echo(f"  hint: {e.hint}", err=True)
+            rv = super().main(args, prog_name or "smpfs", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
+        except SystemExit:
+            raise
+        except BaseException as e:                       # noqa: BLE001 - every failure is reported
+            err = to_smp_error(e, " ".join(words) or "COMMAND")
+            if err is None:
+                if os.environ.get("SMPFS_DEBUG"):
+                    raise
+                err = SmpError(f"internal error: {type(e).__name__}: {e}",
+                               "this is a bug: please report it with the command line (SMPFS_DEBUG=1 "
+                               "shows the traceback)")
+            report_error(err, as_json)
+            sys.exit(err.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def state_dir() -> str:
@@ -57,19 +116,34 @@ def is_admin() -> bool:
     return os.geteuid() == 0
 
 
+def require_admin(command: str) -> None:
+    """Refuse an admin command to anyone but root (exit 7) before it touches anything."""
+    if not is_admin():
+        raise PermissionDenied(f"`smpfs {command}` is for the SMP admin (root)",
+                               "ask an admin, or run it with sudo")
+
+
+def public(result: dict) -> dict:
+    """A result without the fields the daemon keeps for itself."""
+    return {k: v for k, v in result.items() if k not in INTERNAL_FIELDS}
+
+
 def run(command: str, **args) -> dict:
     """Run an api command: through the daemon if mounted, else locally for root."""
     obj: Ctx = click.get_current_context().find_object(Ctx)
     args = {k: v for k, v in args.items() if v is not None}
     try:
-        return _control_call(obj.state, command, args)
+        return public(_control_call(obj.state, command, args))
     except NotMountedError:
         if not is_admin():
+            if command in api.ADMIN:
+                raise PermissionDenied(f"`smpfs {command.replace('_', ' ')}` is for the SMP admin (root)",
+                                       "ask an admin, or run it with sudo")
             raise NotMountedError("the SMP is not mounted; ask an admin",
                                   "only root can use an SMP that is not mounted (smpfs mount)")
     smp = Smp.open(obj.state)
     try:
-        return api.dispatch(smp, 0, command, args)
+        return public(api.dispatch(smp, 0, command, args))
     finally:
         smp.close()
 
@@ -102,6 +176,8 @@ def want_json(local: bool = False) -> bool:
 
 
 def emit_json(data) -> None:
+    if isinstance(data, dict):
+        data = public(data)
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 

@@ -46,7 +46,8 @@ def computer_list(as_json):
 
 @computer.command("remove")
 @click.argument("name")
-def computer_remove(name):
+@json_option
+def computer_remove(name, as_json):
     """Remove a computer (refused while it is in an association).
 
     \b
@@ -54,6 +55,8 @@ def computer_remove(name):
       smpfs computer remove PC-0042
     """
     r = run("computer_remove", name=name)
+    if want_json(as_json):
+        return emit_json(r)
     click.echo(f"Removed computer {r['name']}")
 
 
@@ -106,7 +109,8 @@ def association_list(all_, as_json):
 @click.argument("source")
 @click.argument("dest")
 @click.option("--force", is_flag=True, help="Also while a migration is unfinished; its data is deleted.")
-def association_remove(source, dest, force):
+@json_option
+def association_remove(source, dest, force, as_json):
     """Remove an association; its stores are deleted (crypto-shredded).
 
     Refused while its store is capturing or not yet restored, unless --force.
@@ -116,6 +120,8 @@ def association_remove(source, dest, force):
       smpfs association remove PC-OLD PC-NEW --force
     """
     r = run("association_remove", source=source, dest=dest, force=force or None)
+    if want_json(as_json):
+        return emit_json(r)
     click.echo(f"Removed association {r['source']} -> {r['dest']}"
                + (f"; deleted {len(r['deleted'])} store(s)" if r["deleted"] else ""))
 

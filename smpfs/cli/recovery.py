@@ -9,7 +9,7 @@ import click
 from ..errors import IntegrityError, MountError
 from ..lifecycle.smp import Smp
 from ..units import format_size
-from .base import Progress, emit_json, json_option, main, run, state_dir, want_json, when
+from .base import Progress, emit_json, json_option, main, require_admin, run, state_dir, want_json, when
 
 
 @main.group()
@@ -105,6 +105,7 @@ def fsck(obj, no_repair, scrub, as_json):
       smpfs fsck
       smpfs fsck --no-repair --scrub
     """
+    require_admin("fsck")
     from pathlib import Path
 
     from ..mount.daemon import daemon_info

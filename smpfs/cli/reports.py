@@ -57,8 +57,9 @@ def _print_entry(e: dict, as_json: bool) -> None:
 
 @main.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new entries.")
-@click.option("--since", "since_id", type=int, default=0, help="Only entries after this id.")
-@click.option("-n", "limit", type=int, help="Only the last N entries.")
+@click.option("--since", "since_id", type=click.IntRange(min=0), default=0, help="Only entries after this id.")
+@click.option("-n", "limit", type=click.IntRange(min=0),
+              help="Only the last N entries (0: none; with -f, only new ones).")
 @json_option
 def log(follow, since_id, limit, as_json):
     """The audit log: every request, release, denial, deletion, key view, recovery.
@@ -72,7 +73,10 @@ def log(follow, since_id, limit, as_json):
     """
     as_json = want_json(as_json)
     last = since_id
-    r = run("log", since_id=since_id, limit=limit)
+    r = run("log", since_id=since_id, limit=limit if limit != 0 else 1)
+    if limit == 0:                    # nothing of the past; with --follow, what comes next
+        last = max([last] + [e["id"] for e in r["entries"]])
+        r = {"entries": []}
     while True:
         for e in r["entries"]:
             _print_entry(e, as_json)

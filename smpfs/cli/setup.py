@@ -6,7 +6,7 @@ import os
 import click
 
 from ..lifecycle.smp import Smp
-from .base import emit_json, json_option, main, print_folders, print_settings, run, want_json, when
+from .base import emit_json, json_option, main, print_folders, print_settings, require_admin, run, want_json, when
 from .network import network_options, print_network
 
 
@@ -25,6 +25,7 @@ def init(obj, server, folder, max_clients, min_free, as_json):
     Example:
       smpfs --state /var/lib/smpfs init --server SMP01 --folder /srv/smpstore --min-free 10%
     """
+    require_admin("init")
     smp = Smp.init(obj.state, server=server, folder=os.path.abspath(folder) if folder else None,
                    max_clients=max_clients, min_free=min_free)
     try:
@@ -119,7 +120,8 @@ def folder_list(as_json):
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Also while it holds stores: they are deleted for good.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --force).")
-def folder_remove(path, force, yes):
+@json_option
+def folder_remove(path, force, yes, as_json):
     """Remove a storage folder (refused while it holds stores, unless --force).
 
     \b
@@ -129,5 +131,7 @@ def folder_remove(path, force, yes):
     if force and not yes:
         click.confirm(f"Delete every state store in {path} for good?", abort=True)
     r = run("folder_remove", path=os.path.abspath(path), force=force or None)
+    if want_json(as_json):
+        return emit_json(r)
     click.echo(f"Removed storage folder {r['folder']}"
                + (f"; deleted {len(r['deleted'])} store(s)" if r["deleted"] else ""))

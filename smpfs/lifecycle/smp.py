@@ -207,6 +207,10 @@ class Smp:
              max_clients: int = 100, min_free: str = "500MB") -> Smp:
         """Create a new SMP in ``state_dir``: database, master key, one storage folder."""
         state_dir = Path(state_dir).absolute()
+        if state_dir.exists() and not state_dir.is_dir() or any(
+                p.exists() and not p.is_dir() for p in state_dir.parents):
+            raise StateDirError(f"cannot create the state directory {state_dir}: a file is in the way",
+                                "choose a --state path whose every component is a directory")
         if (state_dir / DB_FILE).exists() or (state_dir / keymod.MASTER_KEY_FILE).exists():
             raise StateDirError(f"{state_dir} already holds an SMP",
                                 "use it as it is, or choose another --state directory")
@@ -214,8 +218,12 @@ class Smp:
         foldermod.check_max_clients(max_clients)
         if server:
             check_server_name(server)
-        state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        os.chmod(state_dir, 0o711)
+        try:
+            state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+            os.chmod(state_dir, 0o711)
+        except OSError as e:
+            raise StateDirError(f"cannot create the state directory {state_dir}: {e.strerror}",
+                                "choose a --state path this user may create")
         fd = os.open(state_dir / DB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         smp = cls(state_dir, _connect(state_dir / DB_FILE))
