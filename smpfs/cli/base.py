@@ -148,24 +148,21 @@ def run(command: str, **args) -> dict:
         smp.close()
 
 
-def run_retrying(command: str, retries: int, retry_delay: float, retry_on: tuple, **args) -> dict:
+def run_retrying(command: str, retries: int, retry_delay: float, retry_on: tuple, on_retry=None,
+                 **args) -> dict:
     """ConfigMgr's retry count and delay for a Request State Store step: run
     ``command``; while it fails with one of ``retry_on``, wait ``retry_delay``
-    seconds and try again, at most ``retries`` more times.
+    seconds and try again, at most ``retries`` more times (``on_retry(n, error)``
+    is told of each).
 
-    The one place any command retries (``request capture``, ``request restore``).
-    The wait happens here, in the caller's process: the daemon answers every
-    attempt at once and never holds a worker thread or a connection for a
-    caller that waits (a daemon that slept for callers could be starved by them).
+    The one place any command retries (``request capture``, ``request restore``),
+    through :func:`smpfs.lifecycle.request.with_retries`. The wait happens here,
+    in the caller's process: the daemon answers every attempt at once and never
+    holds a worker thread or a connection for a caller that waits (a daemon
+    that slept for callers could be starved by them).
     """
-    for attempt in range(int(retries) + 1):
-        try:
-            return run(command, **args)
-        except retry_on:
-            if attempt >= int(retries):
-                raise
-        time.sleep(float(retry_delay))
-    raise AssertionError("unreachable")
+    from ..lifecycle.request import with_retries
+    return with_retries(lambda: run(command, **args), retries, retry_delay, retry_on, on_retry=on_retry)
 
 
 # -- output ------------------------------------------------------------------------

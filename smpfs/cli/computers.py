@@ -44,6 +44,31 @@ def computer_list(as_json):
     table([[c["name"], c["uid"], when(c["created_at"])] for c in r["computers"]], ["name", "uid", "added"])
 
 
+@computer.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@json_option
+def computer_import(file, as_json):
+    """Add computers (and associations) from a CSV file, all or nothing.
+
+    One computer per line: NAME,UID[,DESTINATION] (a first line
+    name,uid,destination is skipped, and so are blank lines and # comments).
+    A DESTINATION makes the line's computer its source. Any bad line refuses
+    the whole file, naming the line; nothing is added then.
+
+    \b
+    Example:
+      printf 'PC-OLD,2001,PC-NEW\nPC-NEW,2002\n' > fleet.csv
+      smpfs computer import fleet.csv
+    """
+    text = file.read()
+    r = run("computer_import", text=text)
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo(f"Imported {len(r['computers'])} computer(s) and {len(r['associations'])} association(s)")
+    for a in r["associations"]:
+        click.echo(f"  {a['source']} -> {a['dest']} ({a['migration_type']})")
+
+
 @computer.command("remove")
 @click.argument("name")
 @json_option

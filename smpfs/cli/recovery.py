@@ -7,6 +7,7 @@ import os
 import click
 
 from ..errors import IntegrityError, MountError
+from ..lifecycle import audit
 from ..lifecycle.smp import Smp
 from ..units import format_size
 from .base import Progress, emit_json, json_option, main, require_admin, run, state_dir, want_json, when
@@ -123,6 +124,9 @@ def fsck(obj, no_repair, scrub, as_json):
                     f"scrubbing store {sid[:12]}…: {format_size(d)} of {format_size(t)}"))
         if not no_repair:
             smp.set_dirty(False)
+        audit.record(smp, 0, "fsck", outcome="ok" if not report["unrepairable"] else "error",
+                     repair=not no_repair, stores=report["stores"], findings=len(report["findings"]),
+                     unrepairable=report["unrepairable"])
     finally:
         smp.close()
     if want_json(as_json):
@@ -177,4 +181,80 @@ def retire(yes, as_json):
         return emit_json(r)
     freed = sum(d.get("bytes_freed", 0) for d in r["deleted"])
     click.echo(f"Retired: {len(r['deleted'])} store(s) deleted, {format_size(freed)} freed; "
-               "restore-only mode is on")
+               "new captures are refused until `smpfs unretire`")
+
+
+@main.command()
+@json_option
+def unretire(as_json):
+    """Undo a retirement on purpose: the SMP takes new captures again.
+
+    (`config --restore-only off` is refused while the SMP is retired.)
+
+    \b
+    Example:
+      smpfs unretire
+    """
+    r = run("unretire")
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo("The SMP is no longer retired: it takes new captures again")
+
+
+@main.group()
+def role():
+    """The SMP role as a whole."""
+
+
+@role.command("remove")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def role_remove(obj, yes, as_json):
+    """Remove the SMP role: shred every store, unmount, remove every storage
+    folder's smpfs files and the state directory, and say what was removed.
+
+    What smpfs did not make is left where it is (and listed). Back up the
+    audit log first if you need it: `smpfs log --json > smp-audit.json`.
+
+    \b
+    Example:
+      smpfs role remove --yes
+    """
+    require_admin("role remove")
+    from pathlib import Path
+
+    from ..lifecycle import role as role_mod
+    from ..mount import daemon
+    Smp.open(obj.state).close()                     # an SMP is there (else exit 3) before asking
+    if not yes:
+        click.confirm(f"Delete every state store, storage folder content and {obj.state} for good?", abort=True)
+    info = daemon.daemon_info(Path(obj.state))
+    unmounted = None
+    if info:
+        run("retire")                                # the daemon stops serving every store first
+        daemon.umount(obj.state, info["mountpoint"])
+        unmounted = info["mountpoint"]
+    smp = Smp.open(obj.state)
+    try:
+        r = role_mod.remove(smp, uid=0)
+    finally:
+        try:
+            smp.close()
+        except Exception:                            # noqa: BLE001 - remove() closed it
+            pass
+    r["unmounted"] = unmounted
+    if want_json(as_json):
+        return emit_json(r)
+    if unmounted:
+        click.echo(f"unmounted {unmounted}")
+    for d in r["stores_deleted"]:
+        click.echo(f"shredded store {d['store_id']} ({d.get('source')} -> {d.get('dest')}), "
+                   f"{format_size(d.get('bytes_freed', 0))}")
+    for f in r["folders"]:
+        what = f"removed {len(f['removed'])} smpfs item(s) from {f['path']}"
+        what += "; folder removed" if f["folder_removed"] else (
+            f"; left {len(f['left'])} item(s) smpfs did not make: {', '.join(f['left'][:5])}" if f["left"] else "")
+        click.echo(what)
+    click.echo(f"removed the state directory {r['state_dir']} ({len(r['state_files'])} file(s))")
+    click.echo("The SMP role is removed.")

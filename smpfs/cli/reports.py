@@ -1,6 +1,7 @@
 """What an SMP holds and did: ``status`` and the audit ``log``."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
@@ -12,15 +13,20 @@ from .network import print_network
 
 
 @main.command()
+@click.option("--all", "all_", is_flag=True, help="Include removed associations.")
 @json_option
-def status(as_json):
-    """Settings, storage folders, and every association with its state and times.
+def status(all_, as_json):
+    """Settings, storage folders, and every association with all its stores.
+
+    Shows whether the SMP is retired, each store's UNC path, size on disk and
+    every time of its life, and the space stores take per folder.
 
     \b
     Example:
-      smpfs status --json
+      smpfs status
+      smpfs status --json | jq '.associations[] | select(.status == "captured")'
     """
-    r = run("status")
+    r = run("status", all=all_ or None)
     if want_json(as_json):
         return emit_json(r)
     click.echo(f"SMP state dir: {r['state_dir']}")
@@ -29,21 +35,74 @@ def status(as_json):
         mounted += (f" (its daemon died; a dead mount is left at {r['dead_mount']}: "
                     f"`smpfs umount {r['dead_mount']}` clears it, `smpfs mount` remounts)")
     click.echo(f"mounted at:    {mounted}")
+    if r.get("retired"):
+        click.echo(f"RETIRED:       since {when(r['retired_at'])} (new captures refused; "
+                   "`smpfs unretire` to undo)")
     print_settings(r["settings"])
     print_network(r)
     click.echo(f"next deletion: {when(r['next_deadline'])}")
-    click.echo(f"space freed by deletions: {format_size(r['deleted_bytes_total'])}")
+    click.echo(f"stores on disk: {format_size(r['stores_bytes_total'])}; "
+               f"freed by deletions: {format_size(r['deleted_bytes_total'])}")
     click.echo("\nStorage folders:")
     print_folders(r["folders"])
     click.echo("\nAssociations:")
-    table([[a["source"], a["dest"], a["migration_type"], a["status"],
-            (a.get("store_id") or "")[:12] or None, when(a.get("created_at")),
-            when(a.get("capture_released_at")), when(a.get("restore_released_at")),
-            when(a.get("delete_at")) if a["status"] != "deleted" else when(a.get("deleted_at")),
-            format_size(a["bytes_freed"]) if a.get("bytes_freed") is not None else None]
-           for a in r["associations"]],
-          ["source", "dest", "type", "status", "store", "created", "captured", "restored",
-           "delete(d) at", "freed"])
+    if not r["associations"]:
+        click.echo("  (none)")
+    for a in r["associations"]:
+        removed = f", removed {when(a['removed_at'])}" if a.get("removed_at") else ""
+        click.echo(f"  {a['source']} -> {a['dest']} ({a['migration_type']}, created {when(a['created_at'])}"
+                   f"{removed}): {a['status']}, {len(a['stores'])} store(s), {format_size(a['size_bytes'])}")
+        for s in a["stores"]:
+            size = format_size(s["size_bytes"]) if s["size_bytes"] is not None else \
+                f"freed {format_size(s['bytes_freed'] or 0)}"
+            click.echo(f"    store {s['store_id']}  {s['status']}  {size}")
+            click.echo(f"      unc       {s['unc']}")
+            times = [("requested", s["created_at"]), ("captured", s["capture_released_at"]),
+                     ("restore requested", s["restore_requested_at"]), ("restored", s["restore_released_at"]),
+                     ("delete at", s["delete_at"]), ("deleted", s["deleted_at"])]
+            click.echo("      " + "; ".join(f"{k} {when(v)}" for k, v in times if v is not None))
+
+
+@main.command()
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (a header, one row per association).")
+@json_option
+def report(as_csv, as_json):
+    """One row per association, removed ones too: state, every time, sizes.
+
+    For a fleet spreadsheet: --csv (times in ISO 8601, local time, sizes in
+    bytes) or --json (epoch seconds).
+
+    \b
+    Example:
+      smpfs report --csv > smp-$(date +%F).csv
+    """
+    r = run("report")
+    rows = r["associations"]
+    if want_json(as_json):
+        return emit_json(rows)
+    from ..lifecycle.report import REPORT_FIELDS
+    if as_csv:
+        import csv
+        import io
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(REPORT_FIELDS)
+        for row in rows:
+            w.writerow(["" if row[k] is None else (iso(row[k]) if k.endswith("_at") else row[k])
+                        for k in REPORT_FIELDS])
+        click.echo(buf.getvalue(), nl=False)
+        return
+    table([[a["source"], a["dest"], a["migration_type"], a["status"], (a["store_id"] or "")[:12] or None,
+            when(a["created_at"]), when(a["capture_released_at"]), when(a["restore_released_at"]),
+            when(a["deleted_at"] or a["delete_at"]),
+            format_size(a["size_bytes"]) if a["size_bytes"] else None,
+            format_size(a["bytes_freed"]) if a["bytes_freed"] else None] for a in rows],
+          ["source", "dest", "type", "status", "store", "requested", "captured", "restored",
+           "delete(d) at", "size", "freed"])
+
+
+def iso(ts) -> str:
+    return dt.datetime.fromtimestamp(ts).isoformat(timespec="seconds")
 
 
 def _print_entry(e: dict, as_json: bool) -> None:

@@ -101,6 +101,26 @@ def folder_add(path, max_clients, min_free, as_json):
     click.echo(f"Added storage folder {r['path']} (share {r['share_name']})")
 
 
+@folder.command("set")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--max-clients", type=int, help="New maximum clients (1-99999).")
+@click.option("--min-free", help="New minimum free space: 500MB, 2GB or 10%.")
+@json_option
+def folder_set(path, max_clients, min_free, as_json):
+    """Change a storage folder's limits in place, also while it holds stores.
+
+    A limit below what the folder holds now only stops new captures going there.
+
+    \b
+    Example:
+      smpfs folder set /srv/smpstore --max-clients 800 --min-free 5%
+    """
+    r = run("folder_set", path=os.path.abspath(path), max_clients=max_clients, min_free=min_free)
+    if want_json(as_json):
+        return emit_json(r)
+    click.echo(f"Storage folder {r['path']}: max clients {r['max_clients']}, min free {r['min_free']}")
+
+
 @folder.command("list")
 @json_option
 def folder_list(as_json):

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import click
 
-from ..errors import NoStorageRoom
+from ..lifecycle import request
 from .base import emit_json, json_option, main, print_store_path, run, run_retrying, want_json, when
 
 
-@main.group()
-def request():
+def _say_retry(retries: int, delay: float):
+    def say(attempt: int, e) -> None:
+        click.echo(f"smpfs: {e.message}; retry {attempt}/{retries} in {delay:g}s", err=True)
+    return say
+
+
+@main.group("request")
+def request_group():
     """Request State Store (capture or restore); prints the store's path."""
 
 
-@request.command("capture")
+@request_group.command("capture")
 @click.argument("computer", required=False)
 @click.option("--retries", type=click.IntRange(0, 600), default=0, show_default=True,
               help="Retry this many times when no storage folder has room.")
@@ -32,22 +38,31 @@ def request_capture(computer, retries, retry_delay, unc, as_json):
     Example (in a task sequence, as the computer's uid):
       OSDStateStorePath=$(smpfs request capture --retries 3 --retry-delay 60)
     """
-    r = run_retrying("request_capture", retries, retry_delay, (NoStorageRoom,), computer=computer)
+    r = run_retrying("request_capture", retries, retry_delay, request.RETRY_CAPTURE,
+                     on_retry=_say_retry(retries, retry_delay), computer=computer)
     print_store_path(r, unc, as_json)
 
 
-@request.command("restore")
+@request_group.command("restore")
 @click.argument("computer", required=False)
+@click.option("--retries", type=click.IntRange(0, 600), default=0, show_default=True,
+              help="Retry this many times while no store is ready (not captured or released yet).")
+@click.option("--retry-delay", type=click.FloatRange(0, 86400), default=0, show_default=True,
+              help="Seconds between retries.")
 @click.option("--unc", is_flag=True, help="Print the UNC path.")
 @json_option
-def request_restore(computer, unc, as_json):
+def request_restore(computer, retries, retry_delay, unc, as_json):
     """Find the store whose destination is this computer and print its path.
+
+    With --retries, waits for a capture that is not released yet (or an SMP
+    being restarted), as ConfigMgr's Request State Store step does.
 
     \b
     Example:
-      OSDStateStorePath=$(smpfs request restore)
+      OSDStateStorePath=$(smpfs request restore --retries 10 --retry-delay 60)
     """
-    r = run("request_restore", computer=computer)
+    r = run_retrying("request_restore", retries, retry_delay, request.RETRY_RESTORE,
+                     on_retry=_say_retry(retries, retry_delay), computer=computer)
     print_store_path(r, unc, as_json)
 
 

@@ -15,9 +15,9 @@ import inspect
 import time
 
 from ..crypto import keys as keymod
-from ..errors import NotFound, PermissionDenied, UsageError
+from ..errors import NotFound, PermissionDenied, SmpError, UsageError
 from ..units import parse_duration
-from . import association, audit, computer, folder, netconfig, release, request, retention
+from . import association, audit, computer, folder, netconfig, release, report, request, retention, role
 
 
 def _need_root(smp, caller: int, command: str) -> None:
@@ -88,6 +88,18 @@ def _folder_add(smp, caller, path, max_clients=100, min_free="500MB"):
     return f
 
 
+def _folder_set(smp, caller, path, max_clients=None, min_free=None):
+    return folder.set_folder(smp, path, max_clients=max_clients, min_free=min_free, uid=caller)
+
+
+def _computer_import(smp, caller, text):
+    try:
+        return computer.import_rows(smp, str(text), uid=caller)
+    except SmpError as e:
+        audit.record_failure(smp, caller, "computer_import", e)
+        raise
+
+
 def _folder_list(smp, caller):
     return {"folders": folder.list_folders(smp)}
 
@@ -105,6 +117,8 @@ def _config(smp, caller, restore_only=None, server=None, delete_after=None,
     result = {"changed_stores": []}
     if restore_only is not None:
         on = _on_off(restore_only)
+        if not on:
+            role.check_not_retired(smp, "--restore-only off")
         old = smp.restore_only
         smp.set_setting("restore_only", "1" if on else "0")
         audit.record(smp, caller, "config", setting="restore_only", old=old, new=on)
@@ -162,17 +176,14 @@ def _key_rotate(smp, caller):
     return masterkey.rotate(smp, caller)
 
 
-def _status(smp, caller):
-    return {"state_dir": str(smp.state_dir), "settings": smp.settings(),
-            "mountpoint": str(smp.mountpoint()) if smp.mountpoint() else None,
+def _status(smp, caller, all=False):
+    return {**report.status(smp, include_removed=bool(all)),
             "dead_mount": str(smp.dead_mount()) if smp.dead_mount() else None,
-            "next_deadline": retention.next_deadline(smp),
-            "folders": folder.list_folders(smp),
-            "computers": computer.list_computers(smp),
-            "associations": association.list_associations(smp),
-            "deleted_bytes_total": smp.query_one(
-                "SELECT COALESCE(SUM(bytes_freed),0) AS n FROM stores")["n"],
             **netconfig.describe(smp)}
+
+
+def _report(smp, caller):
+    return {"associations": report.report(smp)}
 
 
 def _log(smp, caller, since_id=0, limit=None):
@@ -189,7 +200,12 @@ def _retention_run(smp, caller, at=None):
 
 def _retire(smp, caller):
     deleted = retention.retire(smp, uid=caller)
-    return {"deleted": deleted, "changed_stores": [d["store_id"] for d in deleted]}
+    return {"deleted": deleted, "retired_at": role.retired_at(smp),
+            "changed_stores": [d["store_id"] for d in deleted]}
+
+
+def _unretire(smp, caller):
+    return role.unretire(smp, uid=caller)
 
 
 COMMANDS = {
@@ -207,6 +223,10 @@ COMMANDS = {
     "association_remove": _association_remove,
     "folder_add": _folder_add,
     "folder_list": _folder_list,
+    "folder_set": _folder_set,
+    "computer_import": _computer_import,
+    "report": _report,
+    "unretire": _unretire,
     "folder_remove": _folder_remove,
     "config": _config,
     "key_show": _key_show,

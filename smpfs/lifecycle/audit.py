@@ -12,7 +12,10 @@ import functools
 import json
 import time
 
-from ..errors import PermissionDenied, SmpError
+from ..errors import IntegrityError, KeyFileError, MountError, SmpError, StateDirError
+
+#: Failures of the SMP itself (``error``); every other SmpError is a refusal (``denied``).
+FAILURES = (IntegrityError, KeyFileError, MountError, StateDirError)
 
 _FORBIDDEN = ("key", "recovery_key", "data_key", "wrapped_key", "master", "secret", "nt_hash")
 
@@ -46,9 +49,11 @@ def entries(smp, since_id: int = 0, limit: int | None = None) -> list[dict]:
 
 
 def record_failure(smp, uid, action: str, err: SmpError, computer=None, store_id=None) -> None:
-    """Record a refused call: ``denied`` for permission, ``error`` for everything else."""
+    """Record a failed call: ``denied`` when the SMP refused it (wrong uid, wrong
+    step, no room, restore-only ...), ``error`` when the SMP itself failed."""
+    failed = isinstance(err, FAILURES) or type(err) is SmpError
     record(smp, uid, action, computer=computer, store_id=store_id,
-           outcome="denied" if isinstance(err, PermissionDenied) else "error",
+           outcome="error" if failed else "denied",
            error=type(err).__name__, message=err.message)
 
 
@@ -64,6 +69,9 @@ def audited(action: str):
                 return fn(smp, caller_uid, *args, **kwargs)
             except SmpError as e:
                 computer = kwargs.get("computer", args[0] if args else None)
+                if not computer and caller_uid:       # the computer the kernel's uid resolves to
+                    row = smp.query_one("SELECT name FROM computers WHERE uid=?", (caller_uid,))
+                    computer = row["name"] if row else None
                 record_failure(smp, caller_uid, action, e, computer=computer)
                 raise
         return wrapper

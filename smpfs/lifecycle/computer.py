@@ -51,14 +51,19 @@ def add_computer(smp, name: str, uid) -> dict:
         if (c := by_uid(smp, uid)) is not None:
             raise Conflict(f"uid {uid} is already computer {c['name']}",
                            "each computer needs its own uid")
-        secret = secretmod.new_secret()
-        now = time.time()
-        smp.conn.execute("INSERT INTO computers (name, uid, created_at, secret_wrapped, secret_verifier,"
-                         " secret_set_at) VALUES (?,?,?,?,?,?)",
-                         (name, uid, now, secretmod.wrap_secret(smp.master_key(), name, secret),
-                          secretmod.make_verifier(secret), now))
+        _insert(smp, name, uid)
     audit.record(smp, 0, "computer_add", computer=name, computer_uid=uid)
     return get(smp, name)
+
+
+def _insert(smp, name: str, uid: int) -> None:
+    """The computer's row, with a fresh secret (inside the caller's transaction)."""
+    secret = secretmod.new_secret()
+    now = time.time()
+    smp.conn.execute("INSERT INTO computers (name, uid, created_at, secret_wrapped, secret_verifier,"
+                     " secret_set_at) VALUES (?,?,?,?,?,?)",
+                     (name, uid, now, secretmod.wrap_secret(smp.master_key(), name, secret),
+                      secretmod.make_verifier(secret), now))
 
 
 def get(smp, name: str, missing_ok: bool = False) -> dict | None:
@@ -157,3 +162,62 @@ def smb_accounts(smp) -> list[dict]:
         value = secretmod.unwrap_secret(smp.master_key(), r["name"], r["secret_wrapped"])
         out.append({"name": r["name"], "uid": r["uid"], "nt_hash": secretmod.nt_hash(value)})
     return out
+
+
+def import_rows(smp, text: str, uid: int = 0) -> dict:
+    """Create computers (and associations) from CSV ``name,uid[,destination]``, in one
+    transaction: any bad row refuses the whole file, naming its line.
+
+    Blank lines and lines starting with ``#`` are skipped, and so is a first row
+    ``name,uid,...``. A destination is a computer already known or one named in
+    the file; the row's computer becomes its source (side-by-side), or in-place
+    when the destination is the computer itself."""
+    import csv
+    import io
+
+    from . import association
+    rows, names, uids = [], {}, {}
+    for lineno, fields in enumerate(csv.reader(io.StringIO(text)), start=1):
+        fields = [f.strip() for f in fields]
+        if not any(fields) or fields[0].startswith("#"):
+            continue
+        if not rows and not names and fields[0].lower() == "name":
+            continue
+        where = f"line {lineno}"
+        if len(fields) not in (2, 3):
+            raise UsageError(f"{where}: expected name,uid[,destination], got {len(fields)} field(s)",
+                             "one computer per line: PC-0042,2042 or PC-0042,2042,PC-NEW")
+        name, uid_text, dest = fields[0], fields[1], (fields[2] if len(fields) == 3 else "")
+        if not _NAME.fullmatch(name):
+            raise UsageError(f"{where}: invalid computer name {name!r}",
+                             "use letters, digits, '.', '-', '_' (at most 63), e.g. PC-0042")
+        try:
+            cuid = parse_uid(uid_text)
+        except UsageError as e:
+            raise UsageError(f"{where}: {e.message}", e.hint)
+        if cuid == 0:
+            raise UsageError(f"{where}: a computer cannot run as root (uid 0)")
+        if name.lower() in names:
+            raise Conflict(f"{where}: computer {name} is also on line {names[name.lower()]}")
+        if cuid in uids:
+            raise Conflict(f"{where}: uid {cuid} is also on line {uids[cuid]}")
+        if (c := get(smp, name, missing_ok=True)) is not None:
+            raise Conflict(f"{where}: computer {c['name']} already exists (uid {c['uid']})")
+        if (c := by_uid(smp, cuid)) is not None:
+            raise Conflict(f"{where}: uid {cuid} is already computer {c['name']}")
+        names[name.lower()], uids[cuid] = lineno, lineno
+        rows.append((lineno, name, cuid, dest))
+    for lineno, _name, _, dest in rows:
+        if dest and dest.lower() not in names and get(smp, dest, missing_ok=True) is None:
+            raise UnknownComputer(f"line {lineno}: destination {dest!r} is neither known nor in the file",
+                                  "add it first, or put it on a line of its own")
+    if not rows:
+        raise UsageError("the file names no computer", "one computer per line: name,uid[,destination]")
+    with smp.tx():
+        for _, name, cuid, _ in rows:
+            _insert(smp, name, cuid)
+        made = [association.associate(smp, name, dest, uid=uid) for _, name, _, dest in rows if dest]
+        audit.record(smp, uid, "computer_import", computers=len(rows), associations=len(made))
+    return {"computers": [{"name": n, "uid": u} for _, n, u, _ in rows],
+            "associations": [{"source": a["source"], "dest": a["dest"], "migration_type": a["migration_type"]}
+                             for a in made]}

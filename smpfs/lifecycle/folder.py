@@ -137,6 +137,26 @@ def remove_folder(smp, path, force: bool = False, uid: int = 0) -> dict:
             "changed_stores": [d["store_id"] for d in deleted]}
 
 
+def set_folder(smp, path, max_clients=None, min_free=None, uid: int = 0) -> dict:
+    """Change a storage folder's limits in place, stores and all (audited).
+
+    A lower limit than what the folder holds now is allowed: it only stops new
+    captures from going there (ConfigMgr's behaviour)."""
+    from . import audit
+    row = find_folder(smp, path)
+    if max_clients is None and min_free is None:
+        raise UsageError("nothing to change", "give --max-clients N and/or --min-free SIZE")
+    new_max = check_max_clients(max_clients) if max_clients is not None else row["max_clients"]
+    new_min = str(min_free).strip() if min_free is not None else row["min_free"]
+    parse_free(new_min)
+    with smp.tx():
+        smp.conn.execute("UPDATE folders SET max_clients=?, min_free=? WHERE id=?", (new_max, new_min, row["id"]))
+    audit.record(smp, uid, "folder_set", path=row["path"], share=row["share"],
+                 old_max_clients=row["max_clients"], max_clients=new_max,
+                 old_min_free=row["min_free"], min_free=new_min)
+    return describe(smp, smp.folder(row["id"]))
+
+
 def new_share_id() -> str:
     return secrets.token_hex(4).upper()
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..crypto import keys as keymod
-from ..errors import CaptureInProgress, Conflict, NoStorageRoom, NotFound, RestoreOnlyMode
+from ..errors import CaptureInProgress, Conflict, MountError, NoStorageRoom, NotFound, NotMountedError, RestoreOnlyMode
 from . import association, audit, computer
 from .folder import choose_folder
 from .status import LIVE_SQL, Status, transition
@@ -68,7 +68,8 @@ def request_capture(smp, caller_uid: int, computer: str | None = None) -> dict:
     if folder is None:
         why = "; ".join(f"{f['path']}: {', '.join(f['full_reasons'])}" for f in folders) or "no storage folders"
         raise NoStorageRoom(f"no storage folder has room ({why})",
-                            "free space, raise --max-clients/--min-free, or add one with `smpfs folder add`")
+                            "free space, raise a folder's limits (`smpfs folder set PATH --max-clients N "
+                            "--min-free SIZE`), or add one with `smpfs folder add`")
     if assoc is None:
         try:
             assoc = association.associate(smp, name, name, uid=caller_uid)
@@ -130,6 +131,29 @@ def request_restore(smp, caller_uid: int, computer: str | None = None) -> dict:
                                      "rerun": s["status"] == Status.RESTORED},
                        restore_requested_at=time.time())
     return step_result(smp, store, name, existing=s["status"] != Status.CAPTURED)
+
+
+#: Refusals a retried Request State Store waits out: for a capture, a full SMP or
+#: one not (yet) mounted; for a restore, also a store not captured yet.
+RETRY_CAPTURE = (NoStorageRoom, NotMountedError, MountError)
+RETRY_RESTORE = (NotFound, CaptureInProgress, NotMountedError, MountError)
+
+
+def with_retries(call, retries: int, delay: float, retry_on: tuple, sleep=time.sleep, on_retry=None):
+    """``call()``, and up to ``retries`` more times ``delay`` seconds apart while it
+    raises one of ``retry_on``; the last refusal is raised. The waiting happens
+    in the caller (the CLI, a client), never in a daemon worker thread."""
+    for attempt in range(int(retries) + 1):
+        try:
+            return call()
+        except retry_on as e:
+            if attempt >= int(retries):
+                raise
+            if on_retry is not None:
+                on_retry(attempt + 1, e)
+            if delay:
+                sleep(float(delay))
+    raise AssertionError("unreachable")
 
 
 # the parameter named ``computer`` shadows the module inside the functions above

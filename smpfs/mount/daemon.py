@@ -36,7 +36,7 @@ import trio
 
 from ..crypto.keys import StoreKeys
 from ..errors import MountError, NotMountedError, PermissionDenied, SmpError
-from ..lifecycle import api, retention
+from ..lifecycle import api, audit, retention
 from ..lifecycle.smp import DAEMON_FILE, Smp, daemon_alive, fuse_mounts, hold_daemon_lock
 from ..store.layout import ROOT as STORE_ROOT
 from ..store.reserve import ensure_reserve, reserve_size
@@ -282,6 +282,8 @@ class Daemon:
         (self.state_dir / DAEMON_FILE).write_text(json.dumps(
             {"pid": os.getpid(), "mountpoint": str(self.mountpoint), "started": time.time()}))
         log.info("mounted %s at %s", self.state_dir, self.mountpoint)
+        audit.record(self.smp, os.geteuid(), "mount", mountpoint=str(self.mountpoint), pid=os.getpid(),
+                     debug=self.debug)
         ok = False
         try:
             trio.run(self._main)
@@ -306,6 +308,11 @@ class Daemon:
                 log.exception("closing store %d failed", rowid)
         if not errors:
             self.smp.set_dirty(False)
+        try:
+            audit.record(self.smp, os.geteuid(), "umount", outcome="ok" if not errors else "error",
+                         mountpoint=str(self.mountpoint), clean=not errors)
+        except Exception:                            # an unmount never fails on its log entry
+            log.exception("could not record the unmount in the audit log")
 
     def _recover_if_dirty(self) -> None:
         if self.smp.dirty:
@@ -544,13 +551,17 @@ class Daemon:
             return {"pid": os.getpid(), "mountpoint": str(self.mountpoint)}
         if cmd == "log_level":
             if uid != 0:
-                raise PermissionDenied("changing the log level is for the SMP admin (root)")
+                err = PermissionDenied("changing the log level is for the SMP admin (root)")
+                audit.record_failure(self.smp, uid, "log_level", err)
+                raise err
             level = str(args.get("level", "")).upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 from ..errors import UsageError
                 raise UsageError(f"unknown log level {args.get('level')!r}", "use debug, info, warning or error")
+            old = logging.getLevelName(logging.getLogger("smpfs").getEffectiveLevel())
             logging.getLogger("smpfs").setLevel(level)
             log.warning("log level set to %s", level)
+            audit.record(self.smp, uid, "log_level", old=old.lower(), new=level.lower())
             return {"level": level.lower()}
         if cmd == "services_stop":
             if uid != 0:

@@ -190,7 +190,7 @@ def test_step_order_refusals(smp):
     call(smp, NEW, "release_restore")
     with pytest.raises(NothingToRelease):
         call(smp, NEW, "release_restore")
-    errors = [e for e in audit.entries(smp) if e["outcome"] == "error"]
+    errors = [e for e in audit.entries(smp) if e["outcome"] == "denied"]
     assert {e["detail"]["error"] for e in errors} >= {"NothingToRelease", "NotFound", "CaptureInProgress"}
 
 
