@@ -51,8 +51,8 @@ def status(all_, as_json):
     for a in r["associations"]:
         removed = f", removed {when(a['removed_at'])}" if a.get("removed_at") else ""
         click.echo(f"  {a['source']} -> {a['dest']} ({a['migration_type']}, created {when(a['created_at'])}"
-                   f"{removed}): {a['status']}, {len(a['stores'])} store(s), {format_size(a['size_bytes'])}")
-        for s in a["stores"]:
+                   f"{removed}): {a['status']}, {len(a['all_stores'])} store(s), {format_size(a['size_bytes'])}")
+        for s in a["all_stores"]:
             size = format_size(s["size_bytes"]) if s["size_bytes"] is not None else \
                 f"freed {format_size(s['bytes_freed'] or 0)}"
             click.echo(f"    store {s['store_id']}  {s['status']}  {size}")

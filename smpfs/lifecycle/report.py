@@ -42,10 +42,10 @@ def describe_association(smp, a: dict) -> dict:
     """An association (newest store's state and times at the top, as before) with
     every one of its stores, deleted ones included."""
     d = association.describe(smp, a)
-    d["stores"] = [describe_store(smp, s) for s in association.stores_of(smp, a["id"], include_deleted=True)]
-    d["size_bytes"] = sum(s["size_bytes"] or 0 for s in d["stores"])
-    d["bytes_freed"] = sum(s["bytes_freed"] or 0 for s in d["stores"] if s["status"] == "deleted") \
-        if d["stores"] else None
+    d["all_stores"] = [describe_store(smp, s) for s in association.stores_of(smp, a["id"], include_deleted=True)]
+    d["size_bytes"] = sum(s["size_bytes"] or 0 for s in d["all_stores"])
+    d["bytes_freed"] = sum(s["bytes_freed"] or 0 for s in d["all_stores"] if s["status"] == "deleted") \
+        if d["all_stores"] else None
     return d
 
 
@@ -55,7 +55,7 @@ def status(smp, include_removed: bool = False) -> dict:
     folders = folder.list_folders(smp)
     by_folder: dict[str, int] = {}
     for a in assocs:
-        for s in a["stores"]:
+        for s in a["all_stores"]:
             by_folder[s["folder"]] = by_folder.get(s["folder"], 0) + (s["size_bytes"] or 0)
     for f in folders:
         f["stores_bytes"] = by_folder.get(f["path"], 0)
@@ -78,11 +78,11 @@ def report(smp) -> list[dict]:
     rows = []
     for a in smp.query("SELECT * FROM associations ORDER BY id"):
         d = describe_association(smp, a)
-        last = d["stores"][-1] if d["stores"] else {}
+        last = d["all_stores"][-1] if d["all_stores"] else {}
         rows.append({"source": d["source"], "dest": d["dest"], "migration_type": d["migration_type"],
                      "status": d["status"] if a["removed_at"] is None or d["status"] == "deleted"
                      else "removed", "association_created_at": a["created_at"],
-                     "removed_at": a["removed_at"], "stores": len(d["stores"]),
+                     "removed_at": a["removed_at"], "stores": len(d["all_stores"]),
                      "store_id": last.get("store_id"), "unc": last.get("unc"), "share": last.get("share"),
                      **{k: last.get(k) for k in ("created_at", "capture_released_at", "restore_requested_at",
                                                  "restore_released_at", "delete_at", "deleted_at")},

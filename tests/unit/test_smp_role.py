@@ -104,8 +104,8 @@ def test_status_and_report_show_every_store_with_sizes_unc_and_times(smpcli):
     st = smpcli.json("status")
     assert st["retired"] is False and st["stores_bytes_total"] > 0
     a, = st["associations"]
-    assert [s["store_id"] for s in a["stores"]] == [first, second]
-    s1, s2 = a["stores"]
+    assert [s["store_id"] for s in a["all_stores"]] == [first, second]
+    s1, s2 = a["all_stores"]
     assert s1["status"] == "restored" and s2["status"] == "capturing"
     assert s1["size_bytes"] > 0 and s1["unc"].startswith("\\\\SMP01\\SMPSTORED_") and s1["unc"].endswith(first)
     for k in ("created_at", "capture_released_at", "restore_requested_at", "restore_released_at", "delete_at"):
