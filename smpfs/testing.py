@@ -34,14 +34,43 @@ import sys
 import tempfile
 import time
 import traceback
+import unittest
 from dataclasses import dataclass
 from pathlib import Path
 
 from .mount.pids import is_zombie
 
-__all__ = ["Computer", "TestSmp", "mounted", "as_uid", "HeldFile", "errname", "spawn_as", "SkipNoFuse"]
+__all__ = ["Computer", "TestSmp", "mounted", "as_uid", "HeldFile", "errname", "spawn_as", "SkipNoFuse",
+           "next_uid", "pin_uid_base"]
 
-_uids = itertools.count(int(os.environ.get("SMPFS_TEST_UID_BASE", "61000")) + (os.getpid() % 500) * 40)
+#: Where fresh computer uids come from. Pinned (``--smpfs-uid-base N``, the ini
+#: option ``smpfs_uid_base`` or ``$SMPFS_TEST_UID_BASE``): N, N+1, ... exactly.
+#: Unpinned: from 61000 plus an offset from the process id, so concurrent runs
+#: on one host rarely share uids.
+DEFAULT_UID_BASE = 61000
+
+
+def pin_uid_base(base: int | None) -> int:
+    """Take fresh uids from ``base`` upward (None: the unpinned default); returns the first."""
+    global _uids
+    if base is None:
+        first = DEFAULT_UID_BASE + (os.getpid() % 500) * 40
+    else:
+        first = int(base)
+        if not 1000 <= first <= 2**32 - 100_000:
+            raise ValueError(f"smpfs uid base {first} is outside 1000..{2**32 - 100_000}")
+    _uids = itertools.count(first)
+    return first
+
+
+def next_uid() -> int:
+    """A fresh uid for a computer (what ``add_computer()`` uses by default)."""
+    return next(_uids)
+
+
+_env_base = os.environ.get("SMPFS_TEST_UID_BASE")
+_uids = itertools.count(0)
+pin_uid_base(int(_env_base) if _env_base else None)
 
 
 #: Every TestSmp made in this process, in order (the test suite checks their daemon logs).
@@ -50,8 +79,9 @@ created: list = []
 LOG_PROBLEMS = (" WARNING ", " ERROR ", " CRITICAL ")
 
 
-class SkipNoFuse(Exception):
-    """Raised (and turned into a pytest skip) when mounting cannot work here."""
+class SkipNoFuse(unittest.SkipTest):
+    """Raised when mounting cannot work here (no root, no /dev/fuse): a skip for
+    pytest and unittest alike, an exception for scripts."""
 
 
 @dataclass(frozen=True)
@@ -295,7 +325,7 @@ class TestSmp:
     # -- computers and the lifecycle ---------------------------------------------------
 
     def add_computer(self, name: str | None = None, uid: int | None = None) -> Computer:
-        uid = uid if uid is not None else next(_uids)
+        uid = uid if uid is not None else next_uid()
         name = name or f"PC{uid}"
         self.cli("computer", "add", name, "--uid", uid)
         return Computer(name, uid)
@@ -333,9 +363,21 @@ class TestSmp:
     def as_uid(self, who: int | Computer, fn, *args, **kwargs):
         return as_uid(_uid(who), fn, *args, **kwargs)
 
-    def run(self, cmd, who: int | Computer | None = None, check: bool = True, **kw):
-        """Run a command (list or shell string) as ``who``; returns CompletedProcess."""
+    def run(self, cmd, who: int | Computer | None = None, check: bool = True, caps=(), **kw):
+        """Run a command (list or shell string) as ``who``; returns CompletedProcess.
+
+        ``caps`` (e.g. ``["dac_read_search"]``) are Linux capabilities the
+        command keeps as that uid (ambient capabilities, through setpriv(1)):
+        for a capture tool that reads every profile on the machine, say."""
         uid = _uid(who)
+        if caps:
+            if uid is None:
+                raise ValueError("caps= needs who=: root has every capability already")
+            want = ",".join("+" + c.lower().removeprefix("cap_") for c in caps)
+            argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(map(str, cmd))
+            cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                   f"--inh-caps={want}", f"--ambient-caps={want}", "--", *argv]
+            return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
         extra = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
         return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, capture_output=True,
                               text=True, **extra, **kw)
@@ -516,6 +558,24 @@ except ImportError:  # pragma: no cover - plain unittest users
     pytest = None
 
 if pytest is not None:
+    def pytest_addoption(parser):
+        group = parser.getgroup("smpfs")
+        group.addoption("--smpfs-uid-base", type=int, default=None, metavar="UID",
+                        help="first uid the smp fixtures give computers (N, N+1, ...); "
+                             "default: $SMPFS_TEST_UID_BASE, else 61000 + an offset from the pid")
+        parser.addini("smpfs_uid_base", "first uid the smp fixtures give computers (see --smpfs-uid-base)")
+
+    def pytest_configure(config):
+        base = config.getoption("--smpfs-uid-base", None)
+        if base is None and config.getini("smpfs_uid_base"):
+            base = int(config.getini("smpfs_uid_base"))
+        if base is None and os.environ.get("SMPFS_TEST_UID_BASE"):
+            base = int(os.environ["SMPFS_TEST_UID_BASE"])
+        try:
+            pin_uid_base(base)
+        except ValueError as e:
+            raise pytest.UsageError(str(e))
+
     @pytest.fixture
     def smp(request):
         """A fresh mounted SMP (root needed); unmounted and removed after the test."""

@@ -4,6 +4,8 @@
 #   ./tools/install-system.sh               # as root
 #   ./tools/install-system.sh --uninstall
 #
+# 0. installs the Debian packages it needs if missing (fuse3, libfuse3-dev,
+#    pkg-config, gcc, python3-venv, python3-dev; as tools/setup.sh does);
 # 1. builds a wheel of this checkout (pip wheel);
 # 2. installs it, with its dependencies, into a virtualenv at PREFIX
 #    (default /opt/smpfs) made with /usr/bin/python3, so every uid can run it
@@ -94,6 +96,13 @@ if [ "$action" = uninstall ]; then
     exit 0
 fi
 
+if [ -z "$root" ]; then
+    # the Debian packages smpfs needs to build and run (only what is missing; tools/setup.sh)
+    # shellcheck source=tools/setup.sh
+    . "$here/tools/setup.sh"
+    SMPFS_APT_PACKAGES+=(python3 python3-venv python3-dev)
+    _smpfs_apt
+fi
 [ -x "$python" ] || die "$python is missing (Debian: apt-get install python3 python3-venv)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$python is older than 3.11"
 "$python" -c 'import ensurepip, venv' 2>/dev/null || die "$python cannot make a venv (apt-get install python3-venv)"

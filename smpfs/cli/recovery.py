@@ -230,9 +230,9 @@ def role_remove(obj, yes, as_json):
     if not yes:
         click.confirm(f"Delete every state store, storage folder content and {obj.state} for good?", abort=True)
     info = daemon.daemon_info(Path(obj.state))
-    unmounted = None
+    unmounted, shredded = None, []
     if info:
-        run("retire")                                # the daemon stops serving every store first
+        shredded = run("retire")["deleted"]         # the daemon stops serving every store first
         daemon.umount(obj.state, info["mountpoint"])
         unmounted = info["mountpoint"]
     smp = Smp.open(obj.state)
@@ -244,6 +244,7 @@ def role_remove(obj, yes, as_json):
         except Exception:                            # noqa: BLE001 - remove() closed it
             pass
     r["unmounted"] = unmounted
+    r["stores_deleted"] = shredded + r["stores_deleted"]
     if want_json(as_json):
         return emit_json(r)
     if unmounted:

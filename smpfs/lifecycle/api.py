@@ -24,7 +24,8 @@ def _need_root(smp, caller: int, command: str) -> None:
     if caller != 0:
         err = PermissionDenied(f"`{command.replace('_', ' ')}` is for the SMP admin (root)",
                                "ask an admin, or use sudo")
-        audit.record_failure(smp, caller, command, err)
+        row = smp.query_one("SELECT name FROM computers WHERE uid=?", (caller,))
+        audit.record_failure(smp, caller, command, err, computer=row["name"] if row else None)
         raise err
 
 

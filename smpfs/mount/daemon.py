@@ -552,7 +552,8 @@ class Daemon:
         if cmd == "log_level":
             if uid != 0:
                 err = PermissionDenied("changing the log level is for the SMP admin (root)")
-                audit.record_failure(self.smp, uid, "log_level", err)
+                row = self.smp.query_one("SELECT name FROM computers WHERE uid=?", (uid,))
+                audit.record_failure(self.smp, uid, "log_level", err, computer=row["name"] if row else None)
                 raise err
             level = str(args.get("level", "")).upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -1,14 +1,97 @@
-"""The example test in docs/testing.md is tests/mount/test_docs_example.py, verbatim."""
+"""The docs say what the code does: the examples in docs/testing.md are test
+files verbatim, and README's command and exit-code tables match the CLI
+(its click tree and --help) and smpfs/errors.py."""
+import inspect
 import re
 from pathlib import Path
 
+import click
+import pytest
+from click.testing import CliRunner
+
+from smpfs import cli, errors
+
 ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 
 
-def test_docs_example_matches_the_test_file():
+@pytest.mark.parametrize("name", ["tests/mount/test_docs_example.py", "tests/mount/test_docs_example_caps.py"])
+def test_docs_example_matches_the_test_file(name):
     doc = (ROOT / "docs" / "testing.md").read_text()
-    m = re.search(r"<!-- begin: tests/mount/test_docs_example.py -->\n```python\n(.*?)```\n"
-                  r"<!-- end: tests/mount/test_docs_example.py -->", doc, re.S)
-    assert m, "docs/testing.md lost its example markers"
-    assert m.group(1) == (ROOT / "tests" / "mount" / "test_docs_example.py").read_text(), (
-        "docs/testing.md and tests/mount/test_docs_example.py differ: keep them identical")
+    m = re.search(rf"<!-- begin: {re.escape(name)} -->\n```python\n(.*?)```\n<!-- end: {re.escape(name)} -->",
+                  doc, re.S)
+    assert m, f"docs/testing.md lost the markers of {name}"
+    assert m.group(1) == (ROOT / name).read_text(), f"docs/testing.md and {name} differ: keep them identical"
+
+
+def leaves(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from leaves(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+COMMANDS = dict(leaves(cli.main))
+
+
+def readme_command_spans() -> list[str]:
+    section = README.split("## The command line", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `smpfs")]
+    assert len(rows) >= 15
+    return [span.replace("\\|", "|") for row in rows for span in re.findall(r"`(smpfs [^`]*)`", row.split(" | ")[0])]
+
+
+def resolve(span: str):
+    words = span.split()[1:]
+    for n in (2, 1):
+        if tuple(words[:n]) in COMMANDS:
+            return tuple(words[:n]), COMMANDS[tuple(words[:n])], words[n:]
+    raise AssertionError(f"README names `{span}`, which is no smpfs command")
+
+
+def test_readme_command_table_names_every_command_and_only_real_ones():
+    named = {resolve(span)[0] for span in readme_command_spans()}
+    missing = sorted(" ".join(p) for p in set(COMMANDS) - named)
+    assert not missing, f"commands missing from README's command table: {missing}"
+
+
+def test_readme_options_exist_and_required_ones_are_shown():
+    for span in readme_command_spans():
+        path, cmd, rest = resolve(span)
+        opts = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
+        for word in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", " ".join(rest)):
+            assert word in opts, f"README: `{span}`: {word} is not an option of smpfs {' '.join(path)}"
+        for p in cmd.params:
+            if isinstance(p, click.Option) and p.required:
+                assert p.opts[0] in rest, f"README: `{span}` does not show the required {p.opts[0]}"
+            if isinstance(p, click.Argument) and p.required:
+                assert any(w[:1].isupper() or "|" in w for w in rest), f"README: `{span}` shows no argument"
+        help_text = CliRunner().invoke(cli.main, [*path, "--help"]).stdout
+        for word in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", " ".join(rest)):
+            assert word in help_text, f"`smpfs {' '.join(path)} --help` does not mention {word}"
+
+
+def table_codes(text: str, heading: str) -> dict[int, str]:
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d+) \| ([^|]*)\|", section, re.M)}
+
+
+def error_classes() -> dict[int, str]:
+    return {c.exit_code: c.__name__ for _, c in inspect.getmembers(errors, inspect.isclass)
+            if issubclass(c, errors.SmpError)}
+
+
+def test_exit_code_tables_match_errors_py():
+    codes = error_classes()
+    readme = table_codes(README, "### Exit codes")
+    assert set(readme) == set(codes) | {0}, "README's exit-code table and smpfs/errors.py differ"
+    admin = table_codes((ROOT / "docs" / "admin.md").read_text(), "## Exit codes")
+    assert set(admin) == set(codes) | {0}, "docs/admin.md's exit-code table and smpfs/errors.py differ"
+    for code, name in codes.items():
+        if code:
+            assert f"`{name}`" in admin[code], f"docs/admin.md: exit code {code} should be `{name}`"
+
+
+def test_readme_says_json_errors_the_way_the_cli_prints_them():
+    assert '{"error": {"class": ' in README and '"exit": ' in README and '"hint": ' in README
