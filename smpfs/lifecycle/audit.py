@@ -76,3 +76,47 @@ def audited(action: str):
                 raise
         return wrapper
     return deco
+
+
+class DenialCounter:
+    """The filesystem's refusals (EACCES, EROFS on a store), counted in memory by
+    (uid, store) and written as one ``fs_denied`` entry per uid and store at most
+    every ``window`` seconds: a tool probing in a loop is seen, and cannot flood
+    the log. :meth:`note` is cheap (the FUSE layer calls it on each refusal);
+    :meth:`flush` writes (the daemon calls it from its timer and at unmount)."""
+
+    def __init__(self, window: float = 60.0, max_keys: int = 10_000, clock=time.monotonic):
+        self.window = window
+        self.max_keys = max_keys
+        self.clock = clock
+        self.pending: dict[tuple, dict] = {}
+        self.last: dict[tuple, float] = {}
+
+    def note(self, uid: int, store_id: str | None, err: int) -> None:
+        import errno as errno_mod
+        key = (uid, store_id)
+        if key not in self.pending and len(self.pending) >= self.max_keys:
+            key = (uid, None)                    # too many stores at once: count by uid alone
+        c = self.pending.setdefault(key, {"count": 0, "errnos": {}})
+        c["count"] += 1
+        name = errno_mod.errorcode.get(err, str(err))
+        c["errnos"][name] = c["errnos"].get(name, 0) + 1
+
+    def flush(self, smp, force: bool = False) -> int:
+        """Write what is due (everything with ``force``); returns the entries written."""
+        now = self.clock()
+        written = 0
+        for key, c in list(self.pending.items()):
+            if not force and now - self.last.get(key, float("-inf")) < self.window:
+                continue
+            uid, store_id = key
+            row = smp.query_one("SELECT name FROM computers WHERE uid=?", (uid,))
+            record(smp, uid, "fs_denied", computer=row["name"] if row else None, store_id=store_id,
+                   outcome="denied", count=c["count"], errnos=c["errnos"], window_s=self.window)
+            del self.pending[key]
+            self.last[key] = now
+            written += 1
+        for key, t in list(self.last.items()):   # forget quiet keys: memory stays bounded
+            if now - t >= self.window and key not in self.pending:
+                del self.last[key]
+        return written

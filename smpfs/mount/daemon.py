@@ -221,6 +221,7 @@ class Daemon:
         self.debug = debug
         self.smp: Smp | None = None
         self.catalog = Catalog()
+        self.denials = audit.DenialCounter()          # the filesystem's refusals, counted for the audit log
         self.ops: SmpOperations | None = None
         self.wake_retention: trio.Event | None = None
         self.nursery = None
@@ -265,7 +266,7 @@ class Daemon:
                                  "one SMP is served by one daemon; use that mount or unmount it first")
             self._recover_if_dirty()
             self.refresh()
-            self.ops = SmpOperations(self.catalog, self._open_store)
+            self.ops = SmpOperations(self.catalog, self._open_store, on_denied=self.denials.note)
             opts = set(pyfuse3.default_options)
             opts.discard("default_permissions")
             opts |= {"fsname=smpfs", "subtype=smpfs", "noatime"}
@@ -309,6 +310,7 @@ class Daemon:
         if not errors:
             self.smp.set_dirty(False)
         try:
+            self.denials.flush(self.smp, force=True)
             audit.record(self.smp, os.geteuid(), "umount", outcome="ok" if not errors else "error",
                          mountpoint=str(self.mountpoint), clean=not errors)
         except Exception:                            # an unmount never fails on its log entry
@@ -475,6 +477,10 @@ class Daemon:
         while True:
             await trio.sleep(COMMIT_EVERY)
             durable = time.monotonic() - last_sync >= SYNC_EVERY
+            try:
+                self.denials.flush(self.smp)
+            except Exception:
+                log.exception("writing the filesystem's refusals to the audit log failed")
             for st in list(self.ops.stores.open.values()):
                 try:
                     if durable and st.changed:

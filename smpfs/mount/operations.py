@@ -66,9 +66,12 @@ class SmpOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, catalog: Catalog, open_store: Callable[[StoreRec], StateStore]):
+    def __init__(self, catalog: Catalog, open_store: Callable[[StoreRec], StateStore],
+                 on_denied: Callable[[int, str | None, int], None] | None = None):
         super().__init__()
         self.cat = catalog
+        #: told of every refusal on a store, ``(uid, store_id, errno)``: the audit counts them
+        self.on_denied = on_denied
         self.wb = Writeback()
         self.handles = Handles()
         self.stores = OpenStores(catalog, open_store, self.wb, self.handles)
@@ -82,13 +85,23 @@ class SmpOperations(pyfuse3.Operations):
     def _level(self, rowid: int, uid: int) -> str | None:
         return access_mod.level(self.stores.rec(rowid).as_row(), uid)
 
+    def _denied(self, rowid: int, uid: int, code: int) -> pyfuse3.FUSEError:
+        """The refusal ``code`` of a request by ``uid`` on store ``rowid``, reported to the audit."""
+        if self.on_denied is not None:
+            rec = self.cat.stores.get(rowid)
+            try:
+                self.on_denied(uid, rec.store_id if rec else None, code)
+            except Exception:                       # the audit never changes the reply
+                log.exception("reporting a refusal failed")
+        return _fail(code)
+
     def _need(self, rowid: int, uid: int, write: bool = False) -> StateStore:
         """The store, if ``uid`` may read it (or change it, with ``write``)."""
         lvl = self._level(rowid, uid)
         if lvl is None:
-            raise _fail(errno.EACCES)
+            raise self._denied(rowid, uid, errno.EACCES)
         if write and lvl != "rw":
-            raise _fail(errno.EROFS)
+            raise self._denied(rowid, uid, errno.EROFS)
         return self.stores.use(rowid)
 
     def _handle_store(self, fh: int, write: bool) -> tuple[Handle, StateStore, int]:
@@ -101,9 +114,9 @@ class SmpOperations(pyfuse3.Operations):
             raise _fail(errno.EIO)           # the store was deleted under this handle
         if write:
             if not h.writable or access_mod.level(rec.as_row(), h.uid) != "rw":
-                raise _fail(errno.EROFS)
+                raise self._denied(rowid, h.uid, errno.EROFS)
         elif access_mod.level(rec.as_row(), h.uid) is None:
-            raise _fail(errno.EACCES)
+            raise self._denied(rowid, h.uid, errno.EACCES)
         return h, self.stores.use(rowid), local
 
     def _open_store_of(self, ino: int) -> tuple[StateStore | None, int]:
@@ -125,7 +138,7 @@ class SmpOperations(pyfuse3.Operations):
                 self.perms.remember(e)                 # a store directory, as its computer sees it
             return self.handles.counted(e)
         if local == STUB and name not in (b".", b".."):
-            raise _fail(errno.EACCES)
+            raise self._denied(rowid, ctx.uid, errno.EACCES)
         st = self._need(rowid, ctx.uid)
         if local != STUB:
             self.chk.may(ctx, rowid, local, st, X)        # search permission on the directory
@@ -221,7 +234,7 @@ class SmpOperations(pyfuse3.Operations):
         rowid, local = split(inode)
         if rowid:
             if local == STUB:
-                raise _fail(errno.EACCES)
+                raise self._denied(rowid, ctx.uid, errno.EACCES)
             self.chk.may(ctx, rowid, local, self._need(rowid, ctx.uid), R)
         return self.handles.open_dir(inode, ctx.uid)
 

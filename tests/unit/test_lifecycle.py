@@ -1,6 +1,7 @@
 """The SMP lifecycle and retention, exercised directly (no FUSE, no mount)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -534,3 +535,27 @@ def test_concurrent_capture_requests_get_one_store(smp, in_place):
     assert not errors and len(set(results)) == 1
     assert smp.query_one("SELECT COUNT(*) AS n FROM stores")["n"] == 1
     assert len([n for n in os.listdir(smp.state_dir / "store") if n != reserve.RESERVE_FILE]) == 1
+
+
+def test_filesystem_refusals_are_counted_per_uid_and_store_and_written_once_a_window(tmp_path):
+    from smpfs.lifecycle.audit import DenialCounter
+    smp = Smp.init(tmp_path / "state", server="SMP01")
+    now = [100.0]
+    c = DenialCounter(window=60, max_keys=3, clock=lambda: now[0])
+    for _ in range(50):
+        c.note(2001, "a" * 64, errno.EACCES)
+    c.note(2001, "a" * 64, errno.EROFS)
+    assert c.flush(smp) == 1                                  # the first of a key goes out at once
+    for _ in range(10):
+        c.note(2001, "a" * 64, errno.EACCES)
+    now[0] += 30
+    assert c.flush(smp) == 0                                  # within the window: held and counted
+    now[0] += 31
+    assert c.flush(smp) == 1
+    for sid in "bcdef":                                       # more stores than keys: by uid alone
+        c.note(2002, sid * 64, errno.EACCES)
+    assert c.flush(smp, force=True) == 4
+    rows = [e for e in audit.entries(smp) if e["action"] == "fs_denied"]
+    assert [r["detail"]["count"] for r in rows[:2]] == [51, 10]
+    assert rows[0]["detail"]["errnos"] == {"EACCES": 50, "EROFS": 1} and rows[0]["outcome"] == "denied"
+    assert rows[-1]["store_id"] is None and rows[-1]["detail"]["count"] == 2
