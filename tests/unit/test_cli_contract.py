@@ -31,9 +31,10 @@ def readme_exit_codes() -> set[int]:
 
 EXIT_CODES = readme_exit_codes()
 
-#: Commands any uid may run (for its own computer); every other one is the admin's.
-NOT_ADMIN = {("request", "capture"), ("request", "restore"), ("release", "capture"),
-             ("release", "restore"), ("recover",)}
+#: The migration steps: any uid, for its own computer (through the mounted SMP).
+STEPS = {("request", "capture"), ("request", "restore"), ("release", "capture"), ("release", "restore")}
+#: Commands any uid may run; every other one is the admin's.
+NOT_ADMIN = STEPS | {("recover",), ("plan",), ("site", "check")}
 
 
 def leaves(group: click.Group, prefix=()):
@@ -139,8 +140,8 @@ def test_a_state_dir_through_a_file_is_exit_3(path, cmd, tmp_path, admin):
     f.write_text("")
     args = plausible_args(cmd, tmp_path)
     r = invoke("--state", f / "state", *path, *args)
-    # recover needs no state dir; log-level and umount only ask a daemon
-    expect = {3} if path not in {("recover",), ("log-level",), ("umount",)} else None
+    # recover, plan and site check need no state dir; log-level and umount only ask a daemon
+    expect = {3} if path not in {("recover",), ("log-level",), ("umount",), ("plan",), ("site", "check")} else None
     check_plain(r, expect)
     check_json(invoke("--state", f / "state", "--json", *path, *args), expect)
 
