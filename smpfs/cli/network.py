@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .base import run
+from .base import emit_json, json_option, run, want_json
 from .computers import computer
 
 
 @computer.command("secret")
 @click.argument("name")
 @click.option("--rotate", is_flag=True, help="Make a new secret first; the old one stops working at once.")
-def computer_secret(name, rotate):
+@json_option
+def computer_secret(name, rotate, as_json):
     """Print the computer's secret, one line (root; audited).
 
     The computer authenticates with it over HTTPS (smpfs client) and SMB
@@ -23,6 +24,8 @@ def computer_secret(name, rotate):
       smpfs computer secret PC-0042 --rotate
     """
     r = run("computer_secret", name=name, rotate=rotate or None)
+    if want_json(as_json):
+        return emit_json(r)
     click.echo(r["secret_value"])
 
 

@@ -34,7 +34,9 @@ EXIT_CODES = readme_exit_codes()
 #: The migration steps: any uid, for its own computer (through the mounted SMP).
 STEPS = {("request", "capture"), ("request", "restore"), ("release", "capture"), ("release", "restore")}
 #: Commands any uid may run; every other one is the admin's.
-NOT_ADMIN = STEPS | {("recover",), ("plan",), ("site", "check")}
+#: (and the network client, which runs anywhere and needs no state dir)
+CLIENT = {("client", "request"), ("client", "release")}
+NOT_ADMIN = STEPS | CLIENT | {("recover",), ("plan",), ("site", "check")}
 
 
 def leaves(group: click.Group, prefix=()):
@@ -141,7 +143,8 @@ def test_a_state_dir_through_a_file_is_exit_3(path, cmd, tmp_path, admin):
     args = plausible_args(cmd, tmp_path)
     r = invoke("--state", f / "state", *path, *args)
     # recover, plan and site check need no state dir; log-level and umount only ask a daemon
-    expect = {3} if path not in {("recover",), ("log-level",), ("umount",), ("plan",), ("site", "check")} else None
+    expect = None if path in {("recover",), ("log-level",), ("umount",), ("plan",), ("site", "check")} | CLIENT \
+        else {3}
     check_plain(r, expect)
     check_json(invoke("--state", f / "state", "--json", *path, *args), expect)
 

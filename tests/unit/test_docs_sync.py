@@ -42,25 +42,33 @@ def readme_command_spans() -> list[str]:
     return [span.replace("\\|", "|") for row in rows for span in re.findall(r"`(smpfs [^`]*)`", row.split(" | ")[0])]
 
 
-def resolve(span: str):
+def resolve_all(span: str) -> list:
+    """Every command a span names (``smpfs client request|release capture|restore``
+    names four), each as (path, command, the rest of the span)."""
     words = span.split()[1:]
-    for n in (2, 1):
-        if tuple(words[:n]) in COMMANDS:
-            return tuple(words[:n]), COMMANDS[tuple(words[:n])], words[n:]
+    for n in (3, 2, 1):
+        paths = [()]
+        for w in words[:n]:
+            paths = [p + (alt,) for p in paths for alt in w.split("|")]
+        if all(p in COMMANDS for p in paths):
+            return [(p, COMMANDS[p], words[n:]) for p in paths]
     raise AssertionError(f"README names `{span}`, which is no smpfs command")
 
 
+def resolve(span: str):
+    return resolve_all(span)[0]
+
+
 def test_readme_command_table_names_every_command_and_only_real_ones():
-    named = {resolve(span)[0] for span in readme_command_spans()}
+    named = {r[0] for span in readme_command_spans() for r in resolve_all(span)}
     missing = sorted(" ".join(p) for p in set(COMMANDS) - named)
     assert not missing, f"commands missing from README's command table: {missing}"
 
 
 def test_readme_options_exist_and_required_ones_are_shown():
-    for span in readme_command_spans():
-        path, cmd, rest = resolve(span)
+    for path, cmd, rest, span in [(*r, s) for s in readme_command_spans() for r in resolve_all(s)]:
         opts = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
-        for word in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", " ".join(rest)):
+        for word in re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", " ".join(rest)):
             assert word in opts, f"README: `{span}`: {word} is not an option of smpfs {' '.join(path)}"
         for p in cmd.params:
             if isinstance(p, click.Option) and p.required:
@@ -68,7 +76,7 @@ def test_readme_options_exist_and_required_ones_are_shown():
             if isinstance(p, click.Argument) and p.required:
                 assert any(w[:1].isupper() or "|" in w for w in rest), f"README: `{span}` shows no argument"
         help_text = CliRunner().invoke(cli.main, [*path, "--help"]).stdout
-        for word in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", " ".join(rest)):
+        for word in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", " ".join(rest)):
             assert word in help_text, f"`smpfs {' '.join(path)} --help` does not mention {word}"
 
 
