@@ -162,7 +162,8 @@ def run_retrying(command: str, retries: int, retry_delay: float, retry_on: tuple
     that slept for callers could be starved by them).
     """
     from ..lifecycle.request import with_retries
-    return with_retries(lambda: run(command, **args), retries, retry_delay, retry_on, on_retry=on_retry)
+    return with_retries(lambda: run(command, **args), retries, retry_delay, retry_on, on_retry=on_retry,
+                        sleep=lambda seconds: time.sleep(seconds))
 
 
 # -- output ------------------------------------------------------------------------

@@ -151,8 +151,7 @@ def with_retries(call, retries: int, delay: float, retry_on: tuple, sleep=time.s
                 raise
             if on_retry is not None:
                 on_retry(attempt + 1, e)
-            if delay:
-                sleep(float(delay))
+            sleep(float(delay))
     raise AssertionError("unreachable")
 
 
