@@ -122,11 +122,11 @@ def fsck(obj, no_repair, scrub, as_json):
                                                     f" store {i + 1}/{n} {sid[:12]}…"),
                 scrub_progress=lambda sid, d, t: bar.show(
                     f"scrubbing store {sid[:12]}…: {format_size(d)} of {format_size(t)}"))
-        if not no_repair:
+        if not no_repair:              # --no-repair changes nothing, its audit entry included
             smp.set_dirty(False)
-        audit.record(smp, 0, "fsck", outcome="ok" if not report["unrepairable"] else "error",
-                     repair=not no_repair, stores=report["stores"], findings=len(report["findings"]),
-                     unrepairable=report["unrepairable"])
+            audit.record(smp, 0, "fsck", outcome="ok" if not report["unrepairable"] else "error",
+                         repair=True, scrub=bool(scrub), stores=report["stores"],
+                         findings=len(report["findings"]), unrepairable=report["unrepairable"])
     finally:
         smp.close()
     if want_json(as_json):
