@@ -112,6 +112,12 @@ class Conflict(SmpError):
     default_hint = "see `smpfs status` for what already exists or is in use"
 
 
+class OutsideBoundaryGroups(SmpError):
+    """A computer that no boundary group of the site file takes (by address or name)."""
+    exit_code = 17
+    errno = errno.EACCES
+
+
 class IntegrityError(SmpError):
     """Tampered or missing ciphertext, failed fsck."""
     exit_code = 20

@@ -15,15 +15,23 @@ def computer():
 @computer.command("add")
 @click.argument("name")
 @click.option("--uid", required=True, help="Unix uid (or user name) the computer's tools run as.")
+@click.option("--secret-file", type=click.Path(dir_okay=False),
+              help="Use the secret in this file (the one the computer has on another SMP of its site) "
+                   "instead of making a new one.")
 @json_option
-def computer_add(name, uid, as_json):
-    """Add a computer.
+def computer_add(name, uid, secret_file, as_json):
+    """Add a computer (with a new secret, or the one it already has).
 
     \b
-    Example:
+    Examples:
       smpfs computer add PC-0042 --uid 2042
+      smpfs computer add PC-0042 --uid 2042 --secret-file pc-0042.secret   (its secret from SMP1)
     """
-    r = run("computer_add", name=name, uid=uid)
+    secret_value = None
+    if secret_file:
+        from ..network.client import read_secret
+        secret_value = read_secret(secret_file)
+    r = run("computer_add", name=name, uid=uid, secret_value=secret_value)
     if want_json(as_json):
         return emit_json(r)
     click.echo(f"Added computer {r['name']} (uid {r['uid']})")

@@ -70,27 +70,74 @@ def site_group():
 @site_group.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--offline", is_flag=True, help="Only validate the file; ask no SMP.")
+@click.option("--computer", help="Ask each SMP for its state as this computer (registered on every SMP).")
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="That computer's secret.")
+@click.option("--cacert", type=click.Path(dir_okay=False), help="Trust this CA for SMPs with no sha256/cacert.")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), metavar="SECONDS",
+              help="Per SMP (default: the site file's).")
 @json_option
-def site_check(file, offline, as_json):
+def site_check(file, offline, computer, secret_file, cacert, timeout, as_json):
     """Validate a site file and ask every SMP for its state.
 
+    Without --computer, each SMP is only checked to answer with the
+    certificate the site file trusts; with a computer's credentials (one
+    registered on every SMP, e.g. with `computer add --secret-file`), its
+    restore-only mode and storage folders are shown too. Exits 6 if an SMP
+    does not answer, 7 if one refuses the certificate or the credentials.
+
     \b
-    Example:
-      smpfs site check /etc/smpfs/site.toml
+    Examples:
+      smpfs site check /etc/smpfs/site.toml --offline
+      smpfs site check /etc/smpfs/site.toml --computer SITE-PROBE --secret-file probe.secret
     """
+    from ..errors import NotMountedError, PermissionDenied, UsageError
     from ..site import sitefile
+    if bool(computer) != bool(secret_file):
+        raise UsageError("give --computer and --secret-file together")
     site = sitefile.load(file)
     out = {"file": file, "valid": True, "warnings": site.warnings,
            "groups": {g.name: {"smps": g.smps, "ranges": [str(r) for r in g.ranges], "names": g.names}
                       for g in site.groups.values()},
            "smps": [{"name": s.name, "url": s.url, "groups": site.groups_of(s.name)} for s in site.smps.values()]}
+    if not offline:
+        from ..network.client import read_secret
+        from ..site.select import check_smp
+        secret = read_secret(secret_file) if secret_file else None
+        out["smps"] = [check_smp(site, name, computer, secret, timeout=timeout, cacert=cacert)
+                       for name in site.smps]
     if want_json(as_json):
-        return emit_json(out)
-    click.echo(f"{file}: valid: {len(site.smps)} SMP(s), {len(site.groups)} boundary group(s)")
-    for w in site.warnings:
-        click.echo(f"warning: {w}", err=True)
-    table([[g.name, ", ".join(g.smps), ", ".join(str(r) for r in g.ranges) or "-", ", ".join(g.names) or "-"]
-           for g in site.groups.values()], ["group", "smps", "ranges", "names"])
+        emit_json(out)
+    else:
+        click.echo(f"{file}: valid: {len(site.smps)} SMP(s), {len(site.groups)} boundary group(s)")
+        for w in site.warnings:
+            click.echo(f"warning: {w}", err=True)
+        table([[g.name, ", ".join(g.smps), ", ".join(str(r) for r in g.ranges) or "-", ", ".join(g.names) or "-"]
+               for g in site.groups.values()], ["group", "smps", "ranges", "names"])
+        if not offline:
+            click.echo("")
+            table([_smp_row(s) for s in out["smps"]], ["smp", "url", "reachable", "restore-only", "folders"])
+    if offline:
+        return
+    errs = [s["error"] for s in out["smps"] if s["error"]]
+    if any(e["exit_code"] == 6 for e in errs):
+        raise NotMountedError(f"{sum(e['exit_code'] == 6 for e in errs)} SMP(s) did not answer",
+                              "is each mounted with --http on, and its url right?")
+    if errs:
+        raise PermissionDenied(f"{len(errs)} SMP(s) refused: " + "; ".join(e["message"] for e in errs))
+
+
+def _smp_row(s: dict) -> list:
+    st = s.get("state")
+    if not s["reachable"]:
+        return [s["name"], s["url"], "no: " + s["error"]["message"], "?", "?"]
+    if st is None:
+        if s["error"]:
+            return [s["name"], s["url"], "yes", "?", "(" + s["error"]["message"] + ")"]
+        return [s["name"], s["url"], "yes", "?", "(give --computer to see them)"]
+    folders = ", ".join(f"{f['share']} {f['clients']}/{f['max_clients']} clients, "
+                        f"{'?' if f.get('free_bytes') is None else format_size(f['free_bytes'])} free"
+                        f"{'' if f['has_room'] else ', FULL'}" for f in st["folders"])
+    return [s["name"], s["url"], "yes", "yes" if st["restore_only"] else "no", folders or "(none)"]
 
 
 __all__ = ["plan_cmd", "site_group"]

@@ -49,8 +49,8 @@ def _release_restore(smp, caller, computer=None):
 
 # -- admin ---------------------------------------------------------------------
 
-def _computer_add(smp, caller, name, uid):
-    return computer.add_computer(smp, name, uid)
+def _computer_add(smp, caller, name, uid, secret_value=None):
+    return computer.add_computer(smp, name, uid, secret_value=secret_value)
 
 
 def _computer_list(smp, caller):

@@ -37,7 +37,24 @@ def parse_uid(text) -> int:
         raise UsageError(f"no such user {s!r}", "give a numeric uid or an existing user name")
 
 
-def add_computer(smp, name: str, uid) -> dict:
+#: A secret given to ``computer add --secret-file`` (one that computer already has
+#: on another SMP of its site): printable ASCII, no spaces, at least 22 characters
+#: (128 bits of base64, as ``computer secret`` prints 32).
+_GIVEN_SECRET = re.compile(r"[\x21-\x7e]{22,256}")
+
+
+def check_given_secret(value: str) -> str:
+    if not _GIVEN_SECRET.fullmatch(value or ""):
+        raise UsageError("the secret must be 22 to 256 printable characters with no spaces (at least 128 bits)",
+                         "give the secret `smpfs computer secret NAME` prints on the SMP that made it")
+    return value
+
+
+def add_computer(smp, name: str, uid, secret_value: str | None = None) -> dict:
+    """Add a computer with a new secret, or with ``secret_value``: the one it already
+    has on another SMP of its site, so the same credentials work on every SMP."""
+    if secret_value is not None:
+        check_given_secret(secret_value)
     if not _NAME.fullmatch(name or ""):
         raise UsageError(f"invalid computer name {name!r}",
                          "use letters, digits, '.', '-', '_' (at most 63), e.g. PC-0042")
@@ -51,14 +68,15 @@ def add_computer(smp, name: str, uid) -> dict:
         if (c := by_uid(smp, uid)) is not None:
             raise Conflict(f"uid {uid} is already computer {c['name']}",
                            "each computer needs its own uid")
-        _insert(smp, name, uid)
-    audit.record(smp, 0, "computer_add", computer=name, computer_uid=uid)
+        _insert(smp, name, uid, secret_value)
+    audit.record(smp, 0, "computer_add", computer=name, computer_uid=uid,
+                 **({"secret_given": True} if secret_value is not None else {}))
     return get(smp, name)
 
 
-def _insert(smp, name: str, uid: int) -> None:
-    """The computer's row, with a fresh secret (inside the caller's transaction)."""
-    secret = secretmod.new_secret()
+def _insert(smp, name: str, uid: int, secret: str | None = None) -> None:
+    """The computer's row, with ``secret`` or a fresh one (inside the caller's transaction)."""
+    secret = secret if secret is not None else secretmod.new_secret()
     now = time.time()
     smp.conn.execute("INSERT INTO computers (name, uid, created_at, secret_wrapped, secret_verifier,"
                      " secret_set_at) VALUES (?,?,?,?,?,?)",

@@ -127,6 +127,15 @@ class SmpClient:
     def info(self) -> dict:
         return self.call("GET", "/v1/info")
 
+    def certificate(self) -> str:
+        """Connect (checking the certificate as every call does) and return the
+        SHA-256 fingerprint of the certificate the SMP showed; sends no request."""
+        conn = self._connect()
+        try:
+            return format_fingerprint(hashlib.sha256(conn.sock.getpeercert(binary_form=True)).digest())
+        finally:
+            conn.close()
+
     def smb_url(self, result: dict) -> str:
         """smb://HOST[:PORT]/SHARE/ID for the UNC path in ``result``: the host is the
         one this client reached the SMP by, the port the SMP's SMB port."""
