@@ -175,6 +175,11 @@ def test_requests_fall_back_to_smp2_when_smp1_is_down_within_the_retry_budget(si
     assert code == 0 and r["smp"] == "SMP2", err
     assert [x["outcome"] for x in refused(r["attempts"], "SMP1")] == ["Unreachable"]
     assert "unreachable" in err and took < 10, (took, err)
+    # site check, with no computer's credentials: who answers with the right certificate; exit 6 for SMP1
+    res = site.smp2.smp.cli("site", "check", site.file, check=False)
+    assert res.code == 6 and "1 SMP(s) did not answer" in res.err, res.err
+    rows = {line.split()[0]: line for line in res.out.splitlines() if line.startswith("SMP")}
+    assert "no: cannot reach" in rows["SMP1"] and " yes " in rows["SMP2"], res.out
     # a store only SMP1 holds cannot be found while it is down: every round asks again, then exit 6
     f = site.computer("HQ-F", on=("smp2",))
     t0 = time.monotonic()
