@@ -423,3 +423,71 @@ def test_privilege_count():
     if not CELLS["checked"]:
         pytest.skip("run with the access-table walk")
     print(f"privilege cells checked in this run: {CELLS['checked']}")
+
+
+def _raw_control(sock_path: str, request: dict) -> dict:
+    """One control request, written by hand (not through the CLI, which never
+    sends identity fields): the reply, as JSON."""
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)
+    try:
+        s.connect(sock_path)
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            piece = s.recv(65536)
+            if not piece:
+                break
+            buf += piece
+    finally:
+        s.close()
+    return json.loads(buf)
+
+
+FORGED_IDENTITY = ({"caller_uid": 0}, {"uid": 0}, {"caller_uid": 0, "uid": 0, "user": "root"})
+
+
+def test_control_requests_with_forged_identity_fields_are_judged_by_the_kernels_peer_uid(smp):
+    """The daemon learns the caller from SO_PEERCRED. A computer that writes
+    ``caller_uid: 0`` (at the top level or among the arguments) is still itself:
+    admin commands are refused, another computer's store stays out of reach."""
+    src, dst, oth = smp.add_computer(), smp.add_computer(), smp.add_computer()
+    smp.associate(src, dst)
+    store = smp.request_capture(src)
+    sock = str(smp.state / "control.sock")
+    tried = 0
+    for forged in FORGED_IDENTITY:
+        for cmd, args in (("computer_add", {"name": "FORGED", "uid": 4242}),
+                          ("config", {"restore_only": "on"}),
+                          ("release_capture", {"computer": src.name}),
+                          ("key_show", {"computer": src.name})):
+            request = {"cmd": cmd, "args": {**args, **forged}, **forged}
+            reply = smp.as_uid(oth, _raw_control, sock, request)
+            assert reply["ok"] is False, (request, reply)
+            assert "recovery_key" not in json.dumps(reply)
+            tried += 1
+    assert tried == 4 * len(FORGED_IDENTITY)
+    assert "FORGED" not in smp.cli("computer", "list").out
+    # the capture was not released by someone else: its computer still writes to it
+    assert smp.as_uid(src, lambda: _e(lambda: open(f"{store}/still-mine", "wb").write(b"x"))) == 0
+    # and restore-only mode was not switched on: a new computer may still capture
+    smp.request_capture(smp.add_computer())
+
+
+def test_capturing_computer_cannot_give_a_file_to_another_uid(smp):
+    """chown to another uid is root's privilege (POSIX), and root gets nothing
+    here; the owner may still 'chown' to itself."""
+    src, dst = smp.add_computer(), smp.add_computer()
+    smp.associate(src, dst)
+    store = str(smp.request_capture(src))
+
+    def attempt(path):
+        with open(path, "wb") as f:
+            f.write(b"mine")
+        out = {"to other": _e(os.chown, path, dst.uid, -1), "to self": _e(os.chown, path, src.uid, -1),
+               "lchown other": _e(os.lchown, path, dst.uid, -1)}
+        out["owner"] = os.stat(path).st_uid
+        return out
+    got = smp.as_uid(src, attempt, f"{store}/f")
+    assert got == {"to other": errno.EPERM, "to self": 0, "lchown other": errno.EPERM, "owner": src.uid}, got

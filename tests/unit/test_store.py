@@ -533,4 +533,22 @@ def test_metadata_macs_hold_through_every_kind_of_change(new_store):
     assert a.size == BLOCK_SIZE + 5 and stat.S_IMODE(a.mode) == 0o600 and a.nlink == 1
     assert st.read(a.ino, 10, 100) == b"x" * 100 and st.read(st.lookup(ROOT, b"hard"), 0, 10) == b"small"
     assert st.readlink(st.lookup(ROOT, b"sym")) == b"moved"
+
+
+def test_rename_exchange_of_a_file_and_a_directory_across_directories_keeps_link_counts(new_store):
+    from smpfs.store import fsck
+    st = _open(*new_store)
+    a = st.mknode(ROOT, b"a", stat.S_IFDIR | 0o755, 1000, 1000).ino
+    b = st.mknode(ROOT, b"b", stat.S_IFDIR | 0o755, 1000, 1000).ino
+    f = st.mknode(a, b"f", stat.S_IFREG | 0o644, 1000, 1000).ino
+    d = st.mknode(b, b"d", stat.S_IFDIR | 0o755, 1000, 1000).ino
+    assert (st.getattr(a).nlink, st.getattr(b).nlink) == (2, 3)
+    st.rename(a, b"f", b, b"d", exchange=True)            # a/f is now the directory, b/d the file
+    assert (st.lookup(a, b"f"), st.lookup(b, b"d")) == (d, f)
+    assert (st.getattr(a).nlink, st.getattr(b).nlink) == (3, 2)
+    assert st.lookup(d, b"..") == a
+    assert fsck.check_store(st, repair=False)["link_counts"] == []
+    st.rename(b, b"d", a, b"f", exchange=True)            # and back
+    assert (st.getattr(a).nlink, st.getattr(b).nlink) == (2, 3)
+    assert fsck.check_store(st, repair=False)["link_counts"] == []
     st.close()

@@ -1,0 +1,170 @@
+"""Each defence layer on its own, so removing one layer fails a test even
+when the other would still have caught the misuse:
+
+* the store refuses every change once read-only (the daemon makes it so at
+  release), whatever the FUSE layer let through;
+* the FUSE handlers re-check a handle opened before the release on every
+  write, whatever the store layer says;
+* a block a write-back worker failed to write is reported at the next write,
+  at close and at fsync, and its data is kept in memory (nothing lost).
+
+The FUSE handlers run in-process (no kernel, no mount), as in test_power_cut.py.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pyfuse3
+import pytest
+import trio
+
+from smpfs.crypto import keys as key
+from smpfs.crypto.chunk import BLOCK_SIZE
+from smpfs.mount.catalog import Catalog, ShareRec, StoreRec
+from smpfs.mount.inodes import join
+from smpfs.mount.operations import SmpOperations
+from smpfs.store import diskio, layout
+from smpfs.store.layout import ROOT
+from smpfs.store.statestore import StateStore
+
+SOURCE, DEST = 1001, 1002
+
+
+class Ctx:
+    def __init__(self, uid: int):
+        self.uid, self.gid, self.pid, self.umask = uid, uid, os.getpid(), 0o022
+
+
+@pytest.fixture
+def store(tmp_path):
+    sid = os.urandom(32).hex()
+    keys = key.StoreKeys.from_data_key(sid, key.new_data_key())
+    layout.create_store(tmp_path, sid, keys, owner_uid=SOURCE)
+    return tmp_path, sid, keys
+
+
+def handlers(store, status: str = "capturing"):
+    folder, sid, keys = store
+    cat = Catalog()
+    cat.shares[1] = ShareRec(1, "LAYERS01", str(folder), lambda: 0)
+    cat.stores[1] = StoreRec(1, sid, 1, status, SOURCE, DEST)
+    return cat, SmpOperations(cat, lambda rec: StateStore(folder / rec.store_id, keys))
+
+
+def test_read_only_store_refuses_every_change(store):
+    folder, sid, keys = store
+    st = StateStore(folder / sid, keys)
+    f = st.mknode(ROOT, b"f", stat.S_IFREG | 0o644, SOURCE, SOURCE).ino
+    d = st.mknode(ROOT, b"d", stat.S_IFDIR | 0o755, SOURCE, SOURCE).ino
+    st.write(f, 0, b"captured")
+    st.setxattr(f, b"user.a", b"1")
+    st.sync()
+    st.read_only = True
+    changes = {
+        "write": lambda: st.write(f, 0, b"x"),
+        "truncate": lambda: st.setattr(f, size=0),
+        "chmod": lambda: st.setattr(f, mode=0o777),
+        "chown": lambda: st.setattr(f, uid=DEST),
+        "create": lambda: st.mknode(ROOT, b"g", stat.S_IFREG | 0o644, SOURCE, SOURCE),
+        "mkdir": lambda: st.mknode(d, b"e", stat.S_IFDIR | 0o755, SOURCE, SOURCE),
+        "unlink": lambda: st.unlink(ROOT, b"f"),
+        "rmdir": lambda: st.unlink(ROOT, b"d", want_dir=True),
+        "rename": lambda: st.rename(ROOT, b"f", d, b"f"),
+        "link": lambda: st.link(f, d, b"l"),
+        "setxattr": lambda: st.setxattr(f, b"user.b", b"2"),
+        "removexattr": lambda: st.removexattr(f, b"user.a"),
+    }
+    for what, change in changes.items():
+        with pytest.raises(OSError) as e:
+            change()
+        assert e.value.errno == errno.EROFS, what
+    assert st.read(f, 0, 100) == b"captured" and st.getxattr(f, b"user.a") == b"1"
+    assert [n for _c, n, _a in st.readdir(ROOT)] == [b"f", b"d"]
+    st.close()
+
+
+async def test_write_handle_opened_before_release_is_refused_by_the_fuse_layer(store):
+    cat, ops = handlers(store)
+    ctx = Ctx(SOURCE)
+    fi, entry = await ops.create(join(1, ROOT), b"f", 0o644, os.O_WRONLY | os.O_CREAT, ctx)
+    assert await ops.write(fi.fh, 0, b"before") == 6
+    # released: the catalog says so; the store object itself is left writable,
+    # so only the FUSE layer's re-check stands between this handle and the store
+    cat.stores[1] = StoreRec(1, cat.stores[1].store_id, 1, "captured", SOURCE, DEST)
+    assert ops.stores.open[1].read_only is False
+    for attempt in (lambda: ops.write(fi.fh, 0, b"after"), lambda: ops.write(fi.fh, 6, b"more")):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await attempt()
+        assert e.value.errno == errno.EROFS
+    await ops.release(fi.fh)
+    rfi = await ops.open(entry.st_ino, os.O_RDONLY, Ctx(DEST))
+    assert await ops.read(rfi.fh, 0, 100) == b"before"
+    ops.stores.close(1)
+
+
+class FailingWrites(diskio.DiskIO):
+    """Every write of a block file fails, as on a disk that went bad."""
+    def write(self, fd, data):
+        if "/b/" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, "simulated write error")
+        return os.write(fd, data)
+
+
+async def test_write_back_failure_is_reported_and_the_data_kept(store):
+    cat, ops = handlers(store)
+    ctx = Ctx(SOURCE)
+    data = os.urandom(BLOCK_SIZE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.wb.run)              # full blocks go to worker threads
+        fi, entry = await ops.create(join(1, ROOT), b"f", 0o644, os.O_WRONLY | os.O_CREAT, ctx)
+        st = ops.stores.open[1]
+        assert st.submit is not None
+        saved = diskio.set_io(FailingWrites())
+        try:
+            await ops.write(fi.fh, 0, data)          # block 0 is full: a worker writes it, and fails
+            await ops.wb.drain(st)
+            # the next write says so (and keeps saying so until close or fsync)
+            for _ in range(2):
+                with pytest.raises(pyfuse3.FUSEError) as e:
+                    await ops.write(fi.fh, BLOCK_SIZE, b"tail")
+                assert e.value.errno == errno.EIO
+        finally:
+            diskio.set_io(saved)
+        # fsync reports it once (the kept block is written again, now successfully)
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.fsync(fi.fh, False)
+        assert e.value.errno == errno.EIO
+        await ops.fsync(fi.fh, False)
+        await ops.write(fi.fh, BLOCK_SIZE, b"tail")
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+        # nothing written was lost
+        rfi = await ops.open(entry.st_ino, os.O_RDONLY, ctx)
+        got = await ops.read(rfi.fh, 0, BLOCK_SIZE + 10)
+        assert bytes(got) == data + b"tail"
+        await ops.release(rfi.fh)
+        ops.stores.open[1].submit = None
+        nursery.cancel_scope.cancel()
+    ops.stores.close(1)
+
+
+async def test_write_back_failure_is_reported_at_close(store):
+    cat, ops = handlers(store)
+    ctx = Ctx(SOURCE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.wb.run)
+        fi, _entry = await ops.create(join(1, ROOT), b"f", 0o644, os.O_WRONLY | os.O_CREAT, ctx)
+        saved = diskio.set_io(FailingWrites())
+        try:
+            await ops.write(fi.fh, 0, os.urandom(BLOCK_SIZE))
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await ops.flush(fi.fh)                   # close(2) returns the error
+            assert e.value.errno == errno.EIO
+        finally:
+            diskio.set_io(saved)
+        await ops.release(fi.fh)
+        ops.stores.open[1].submit = None
+        nursery.cancel_scope.cancel()
+    ops.stores.close(1)
