@@ -31,6 +31,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "long: soak/long runs, only with SMPFS_LONG=1")
     config.addinivalue_line("markers", "daemon_log(*patterns): daemon log lines (warnings, errors) "
                                        "this test expects; any other fails it")
+    config.addinivalue_line("markers", "min_count(n): the test adds what it checked to its module's "
+                                       "TALLY['n'] and fails if that is below n")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -78,3 +80,23 @@ def seed(request):
     request.node.user_properties.append(("seed", value))
     print(f"seed: {value}  (replay: SMPFS_SEED={value} pytest {request.node.nodeid})")
     return value
+
+
+@pytest.fixture(autouse=True)
+def _min_count(request):
+    """A count or coverage test (``@pytest.mark.min_count(N)``) adds what it
+    checked to its module's ``TALLY["n"]``; it fails below N (a run that
+    quietly checked less -- an early return, a loop that lost its cases --
+    does not pass). Set ``SMPFS_SHOW_COUNTS=1`` to print each count."""
+    mark = request.node.get_closest_marker("min_count")
+    if mark is None:
+        yield
+        return
+    tally = request.module.TALLY
+    before = tally["n"]
+    yield
+    got = tally["n"] - before
+    if os.environ.get("SMPFS_SHOW_COUNTS"):
+        print(f"\ncount {request.node.name}: {got} (minimum {mark.args[0]})")
+    if got < mark.args[0]:
+        pytest.fail(f"{request.node.name} checked {got}, below its minimum of {mark.args[0]}", pytrace=False)

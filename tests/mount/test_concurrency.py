@@ -310,6 +310,13 @@ def test_concurrent_capture_and_restore(smp):
           f"stat of a store dir {lat['stat store'] * 1000:.0f} ms, "
           f"statfs {lat['statfs'] * 1000:.0f} ms, share listing {lat['listdir'] * 1000:.0f} ms "
           f"({lat['samples']} samples; over 250 ms at [s, kind, latency]: {lat['spikes']})")
+    # how much was verified: every captured byte read back by its writer and by its
+    # in-place restore, and every other store probed (and refused) once all exist
+    assert all(r["checked"] == r["bytes"] > 0 for r in cap), [(r["checked"], r["bytes"]) for r in cap]
+    assert [r["checked"] for r in res2] == [r["bytes"] for r in cap]
+    assert all(r["checked"] > 0 for r in res), [r["checked"] for r in res]
+    others = CAPTURERS + RESTORERS - 1
+    assert all(r["denied"] >= 3 * others for r in res2), [r["denied"] for r in res2]
     for kind, limit in LATENCY_LIMIT.items():
         assert lat[kind] < limit, f"the mount took {lat[kind]:.2f}s to answer {kind} under load"
     statuses = {a["source"]: a["status"] for a in smp.status()["associations"]}

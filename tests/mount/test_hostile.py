@@ -24,11 +24,11 @@ from smpfs.testing import _run_cli
 LONG = os.environ.get("SMPFS_LONG") == "1"
 BIG_DIR = 100_000 if LONG else 20_000
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX")          # 4096, counting the final NUL
-HOSTILE = {"inputs": 0}
+TALLY = {"n": 0}                  # hostile inputs tried (see the min_count marks)
 
 
 def count(n: int = 1) -> None:
-    HOSTILE["inputs"] += n
+    TALLY["n"] += n
 
 
 def errno_of(fn, *args, **kw) -> int:
@@ -110,6 +110,7 @@ def _too_long(root: str):
     return out
 
 
+@pytest.mark.min_count(39)
 def test_names_255_bytes_ok_256_refused_non_utf8_round_trips(smp, tmp_path):
     src, dst, store = captured_pair(smp)
     made = smp.as_uid(src, _make_names, str(store), NAMES)
@@ -171,6 +172,7 @@ def _dots(root: str, other: str):
     return out, listing, me
 
 
+@pytest.mark.min_count(18)
 def test_dot_and_dotdot_tricks(smp):
     a, b = smp.add_computer(), smp.add_computer()
     sa, sb = smp.request_capture(a), smp.request_capture(b)
@@ -257,6 +259,7 @@ def _walk_deep(root: str, levels: int):
 DEEP = 1100            # 2 bytes a level: 2,200 bytes of path, well inside PATH_MAX
 
 
+@pytest.mark.min_count(3)
 def test_deep_trees_up_to_and_past_path_max(smp):
     src, dst, store = captured_pair(smp)
     got, over, n, depth = smp.as_uid(src, _to_path_max, str(store))
@@ -340,6 +343,7 @@ def _list_big(root: str, n: int):
     return ok, t_list, t_long, t_lookup, missing
 
 
+@pytest.mark.min_count(20000)
 def test_one_directory_with_many_entries(smp):
     src, dst, store = captured_pair(smp)
     t_fill = smp.as_uid(src, _fill, str(store), BIG_DIR)
@@ -372,6 +376,7 @@ def _symlinks(root: str, targets: dict):
     return out
 
 
+@pytest.mark.min_count(9)
 def test_symlinks_outside_the_store_are_data_never_followed(smp, tmp_path):
     src, dst, store = captured_pair(smp)
     other_src, _, other = captured_pair(smp)
@@ -417,6 +422,7 @@ def test_symlinks_outside_the_store_are_data_never_followed(smp, tmp_path):
 
 # -- hard links and renames across stores ---------------------------------------------------------
 
+@pytest.mark.min_count(7)
 def test_hard_links_and_renames_across_stores_are_exdev(smp):
     pc = smp.add_computer()                      # an in-place refresh: two stores, one computer
     old = smp.request_capture(pc)
@@ -495,6 +501,7 @@ def _xattrs(root: str):
     return out, back, added
 
 
+@pytest.mark.min_count(269)
 def test_xattr_names_and_values_at_the_limits(smp):
     src, dst, store = captured_pair(smp)
     errs, back, added = smp.as_uid(src, _xattrs, str(store))
@@ -550,6 +557,7 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.min_count(57)
 def test_malformed_cli_arguments_exit_2(smp, tmp_path):
     def settings():
         return {k: v for k, v in json.loads(smp.cli("config", "--json").out).items() if k != "ts"}
@@ -581,9 +589,3 @@ def test_malformed_cli_arguments_exit_2(smp, tmp_path):
                         "--delete-after", "1d; touch /tmp/pwned"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("smpfs: invalid duration")
     assert not os.path.exists("/tmp/pwned")
-
-
-def test_hostile_count():
-    if not HOSTILE["inputs"]:
-        pytest.skip("run with the hostile input tests")
-    print(f"hostile inputs tried in this run: {HOSTILE['inputs']}")
