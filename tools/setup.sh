@@ -102,7 +102,7 @@ smpfs_user_venv() {
         # the unit tier needs no FUSE, and smpfs is imported from the checkout
         # (PYTHONPATH), which this user may not be able to write to
         "$SMPFS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
-            cryptography sqlite-utils click trio h11 pytest pytest-trio hypothesis \
+            cryptography sqlite-utils click trio h11 pytest pytest-trio \
             || _smpfs_die "pip install failed in $SMPFS_VENV"
     fi
     export PYTHONPATH="$SMPFS_ROOT${PYTHONPATH:+:$PYTHONPATH}"

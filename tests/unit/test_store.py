@@ -247,6 +247,20 @@ def _aead():
     return AESGCM(os.urandom(32))
 
 
+def test_no_two_chunks_share_a_nonce():
+    """Equal plaintext in every chunk of a block, and of two blocks: under
+    GCM, a repeated (key, nonce) would give equal ciphertext. None is equal."""
+    aead, sid = _aead(), os.urandom(32)
+    plain = bytes(CHUNK_SIZE) * 8
+    seen = set()
+    for ctr in (1, 2):
+        sealed = chunk.encrypt_block(aead, sid, 5, 0, ctr, plain)
+        for i in range(8):
+            c = bytes(sealed[chunk.chunk_offset(i):chunk.chunk_offset(i) + CHUNK_SIZE])
+            assert c not in seen, f"chunk {i} of the block sealed with counter {ctr} repeats a keystream"
+            seen.add(c)
+
+
 def test_chunk_roundtrip_and_sizes():
     aead = _aead()
     for n in (1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 5, BLOCK_SIZE):
@@ -551,4 +565,35 @@ def test_rename_exchange_of_a_file_and_a_directory_across_directories_keeps_link
     st.rename(b, b"d", a, b"f", exchange=True)            # and back
     assert (st.getattr(a).nlink, st.getattr(b).nlink) == (2, 3)
     assert fsck.check_store(st, repair=False)["link_counts"] == []
+    st.close()
+
+
+def test_read_only_store_refuses_every_change(new_store):
+    st = _open(*new_store)
+    f = st.mknode(ROOT, b"f", stat.S_IFREG | 0o644, 1001, 1001).ino
+    d = st.mknode(ROOT, b"d", stat.S_IFDIR | 0o755, 1001, 1001).ino
+    st.write(f, 0, b"captured")
+    st.setxattr(f, b"user.a", b"1")
+    st.sync()
+    st.read_only = True
+    changes = {
+        "write": lambda: st.write(f, 0, b"x"),
+        "truncate": lambda: st.setattr(f, size=0),
+        "chmod": lambda: st.setattr(f, mode=0o777),
+        "chown": lambda: st.setattr(f, uid=1002),
+        "create": lambda: st.mknode(ROOT, b"g", stat.S_IFREG | 0o644, 1001, 1001),
+        "mkdir": lambda: st.mknode(d, b"e", stat.S_IFDIR | 0o755, 1001, 1001),
+        "unlink": lambda: st.unlink(ROOT, b"f"),
+        "rmdir": lambda: st.unlink(ROOT, b"d", want_dir=True),
+        "rename": lambda: st.rename(ROOT, b"f", d, b"f"),
+        "link": lambda: st.link(f, d, b"l"),
+        "setxattr": lambda: st.setxattr(f, b"user.b", b"2"),
+        "removexattr": lambda: st.removexattr(f, b"user.a"),
+    }
+    for what, change in changes.items():
+        with pytest.raises(OSError) as e:
+            change()
+        assert e.value.errno == errno.EROFS, what
+    assert st.read(f, 0, 100) == b"captured" and st.getxattr(f, b"user.a") == b"1"
+    assert [n for _c, n, _a in st.readdir(ROOT)] == [b"f", b"d"]
     st.close()
