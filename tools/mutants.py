@@ -110,13 +110,13 @@ MUTANTS = [
       [("        if self.read_only:\n            raise err(errno.EROFS)", "        pass")],
       ["tests/unit/test_store.py"], "one layer of two: the FUSE layer is tested alone too"),
     M("control-request-caller-uid-trusted", "smpfs/mount/control.py",
-      [("                cmd, args = str(msg[\"cmd\"]), dict(msg.get(\"args\") or {})\n",
-        "                cmd, args = str(msg[\"cmd\"]), dict(msg.get(\"args\") or {})\n"
-        "                uid = int(msg.get(\"caller_uid\", args.pop(\"caller_uid\", uid)))\n")],
+      [("            cmd, args = str(msg[\"cmd\"]), dict(msg.get(\"args\") or {})\n",
+        "            cmd, args = str(msg[\"cmd\"]), dict(msg.get(\"args\") or {})\n"
+        "            uid = int(msg.get(\"caller_uid\", args.pop(\"caller_uid\", uid)))\n")],
       ["tests/mount/test_privilege.py"]),
-    M("non-root-chown-to-another-uid", "smpfs/mount/operations.py",
-      [("            if ctx.uid != 0 and attr.st_uid != ctx.uid:\n                raise _fail(errno.EPERM)",
-        "            pass")],
+    M("non-root-chown-to-another-uid", "smpfs/mount/checks.py",
+      [("            if not ((c.owns(a.uid) and attr.st_uid == a.uid) or c.has(CAP_CHOWN)):\n"
+        "                raise _fail(errno.EPERM)", "            pass")],
       ["tests/mount/test_privilege.py"]),
     M("rename-exchange-link-counts-reversed", "smpfs/store/tree.py",
       [("                delta = 1 if stat.S_ISDIR(sa.mode) else -1",
