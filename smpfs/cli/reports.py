@@ -108,10 +108,26 @@ def iso(ts) -> str:
 def _print_entry(e: dict, as_json: bool) -> None:
     if as_json:
         return click.echo(json.dumps(e, sort_keys=True, default=str))
-    detail = " ".join(f"{k}={v}" for k, v in sorted((e.get("detail") or {}).items()))
-    store = f" store={e['store_id'][:12]}" if e.get("store_id") else ""
-    click.echo(f"{when(e['ts'])}  #{e['id']} uid={e['uid']} {e['computer'] or '-'} "
-               f"{e['action']} {e['outcome']}{store} {detail}".rstrip())
+    detail = " ".join(f"{safe(k)}={safe(v)}" for k, v in sorted((e.get("detail") or {}).items()))
+    store = f" store={safe(e['store_id'][:12])}" if e.get("store_id") else ""
+    click.echo(f"{when(e['ts'])}  #{e['id']} uid={e['uid']} {safe(e['computer'] or '-')} "
+               f"{safe(e['action'])} {safe(e['outcome'])}{store} {detail}".rstrip())
+
+
+def safe(value) -> str:
+    """Text for one line of a terminal: control and format characters (newlines,
+    escape sequences, bidi overrides) and backslashes shown escaped, so that what
+    a caller got into the log cannot forge a line or drive the terminal."""
+    import unicodedata
+    out = []
+    for c in str(value):
+        if c == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(c)[0] == "C":
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 @main.command()

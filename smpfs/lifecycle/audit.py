@@ -17,6 +17,15 @@ from ..errors import IntegrityError, KeyFileError, MountError, SmpError, StateDi
 #: Failures of the SMP itself (``error``); every other SmpError is a refusal (``denied``).
 FAILURES = (IntegrityError, KeyFileError, MountError, StateDirError)
 
+#: What one row may hold: each text field, each detail value, the whole detail.
+MAX_FIELD = 64
+MAX_VALUE = 512
+MAX_DETAIL = 4096
+#: Refusals of one uid (not root) recorded one row each per REFUSAL_WINDOW
+#: seconds; beyond that they are counted in one ``refusals`` row of the window.
+REFUSALS_PER_WINDOW = 10
+REFUSAL_WINDOW = 60.0
+
 _FORBIDDEN = ("key", "recovery_key", "data_key", "wrapped_key", "master", "secret", "nt_hash")
 
 
@@ -27,13 +36,32 @@ def record(smp, uid, action: str, computer: str | None = None, store_id: str | N
     bad = [k for k in detail if k in _FORBIDDEN]
     assert not bad, f"secrets must never reach the audit log: {bad}"
     detail = {**getattr(smp, "audit_context", {}), **detail}
+    text = _detail_json(detail)
     with smp.tx():
         cur = smp.conn.execute(
             "INSERT INTO audit (ts, uid, computer, action, store_id, outcome, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), uid, computer, action, store_id, outcome,
-             json.dumps(detail, sort_keys=True, default=str) if detail else None))
+            (time.time(), uid, _clip(computer, MAX_FIELD), _clip(action, MAX_FIELD),
+             _clip(store_id, MAX_FIELD), outcome, text))
         return cur.lastrowid
+
+
+def _clip(value, n: int):
+    if isinstance(value, str) and len(value) > n:
+        return value[:n] + "…"
+    return value
+
+
+def _detail_json(detail: dict) -> str | None:
+    """The detail as JSON, each value at most MAX_VALUE characters, the whole at most MAX_DETAIL."""
+    if not detail:
+        return None
+    text = json.dumps({str(k)[:MAX_FIELD]: _clip(v if isinstance(v, (int, float, bool, type(None))) else str(v),
+                                                  MAX_VALUE)
+                       for k, v in detail.items()}, sort_keys=True, default=str)
+    if len(text) > MAX_DETAIL:
+        text = json.dumps({"detail_truncated": len(text)})
+    return text
 
 
 def entries(smp, since_id: int = 0, limit: int | None = None) -> list[dict]:
@@ -50,11 +78,43 @@ def entries(smp, since_id: int = 0, limit: int | None = None) -> list[dict]:
 
 def record_failure(smp, uid, action: str, err: SmpError, computer=None, store_id=None) -> None:
     """Record a failed call: ``denied`` when the SMP refused it (wrong uid, wrong
-    step, no room, restore-only ...), ``error`` when the SMP itself failed."""
+    step, no room, restore-only ...), ``error`` when the SMP itself failed.
+
+    A uid other than root gets REFUSALS_PER_WINDOW rows per window; further
+    refusals in the window only count up one ``refusals`` row (so a flood of
+    refused calls cannot grow smp.db)."""
     failed = isinstance(err, FAILURES) or type(err) is SmpError
-    record(smp, uid, action, computer=computer, store_id=store_id,
-           outcome="error" if failed else "denied",
+    outcome = "error" if failed else "denied"
+    if uid != 0 and _count_refusal(smp, uid, action):
+        return
+    record(smp, uid, action, computer=computer, store_id=store_id, outcome=outcome,
            error=type(err).__name__, message=err.message)
+
+
+def _count_refusal(smp, uid: int, action: str) -> bool:
+    """True if this refusal was only counted (the uid's window is full)."""
+    now = time.time()
+    with smp.tx():
+        recent = smp.query("SELECT id, action, outcome, detail FROM (SELECT * FROM audit ORDER BY id DESC "
+                           "LIMIT 1000) WHERE uid=? AND ts>? AND outcome!='ok' ORDER BY id",
+                           (uid, now - REFUSAL_WINDOW))
+        counter = next((r for r in reversed(recent) if r["action"] == "refusals"), None)
+        if counter is None and len(recent) < REFUSALS_PER_WINDOW:
+            return False
+        if counter is None:
+            smp.conn.execute(
+                "INSERT INTO audit (ts, uid, computer, action, store_id, outcome, detail) "
+                "VALUES (?, ?, NULL, 'refusals', NULL, 'denied', ?)",
+                (now, uid, json.dumps({"count": 1, "last": now, "actions": {action[:MAX_FIELD]: 1},
+                                       "window_s": REFUSAL_WINDOW}, sort_keys=True)))
+            return True
+        d = json.loads(counter["detail"])
+        d["count"] += 1
+        d["last"] = now
+        if action in d["actions"] or len(d["actions"]) < 32:
+            d["actions"][action[:MAX_FIELD]] = d["actions"].get(action[:MAX_FIELD], 0) + 1
+        smp.conn.execute("UPDATE audit SET detail=? WHERE id=?", (json.dumps(d, sort_keys=True), counter["id"]))
+    return True
 
 
 def audited(action: str):
@@ -68,7 +128,10 @@ def audited(action: str):
             try:
                 return fn(smp, caller_uid, *args, **kwargs)
             except SmpError as e:
+                from .computer import valid_name
                 computer = kwargs.get("computer", args[0] if args else None)
+                if not valid_name(computer):        # never store what a caller sent unchecked
+                    computer = None
                 if not computer and caller_uid:       # the computer the kernel's uid resolves to
                     row = smp.query_one("SELECT name FROM computers WHERE uid=?", (caller_uid,))
                     computer = row["name"] if row else None

@@ -21,7 +21,30 @@ from . import audit
 #: What a computer row shows (never the wrapped secret or its verifier).
 _PUBLIC = "name, uid, created_at, secret_set_at"
 
+#: A new computer's name: NetBIOS-like, so that it fits everywhere a name is shown or logged.
+NAME_RULE = ("1 to 15 characters: letters, digits, '-', '_' and '.', "
+             "starting with a letter or digit (like a NetBIOS name), e.g. PC-0042")
+_NEW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")
+#: Names looked up: also those added before the 15-character rule (at most 63).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def valid_name(name) -> bool:
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
+def shown(text, n: int = 20) -> str:
+    """A caller's string as an error message may quote it: escaped and short."""
+    text = str(text)
+    return repr(text[:n]) + (f"… ({len(text)} characters)" if len(text) > n else "")
+
+
+def check_name(name, new: bool = False) -> str:
+    """``name`` if it is a valid computer name (``new``: for a computer being
+    added), else UsageError; checked before anything is looked up or stored."""
+    if not (isinstance(name, str) and (_NEW_NAME if new else _NAME).fullmatch(name)):
+        raise UsageError(f"invalid computer name {shown(name)}", f"a computer name is {NAME_RULE}")
+    return name
 
 
 def parse_uid(text) -> int:
@@ -55,9 +78,7 @@ def add_computer(smp, name: str, uid, secret_value: str | None = None) -> dict:
     has on another SMP of its site, so the same credentials work on every SMP."""
     if secret_value is not None:
         check_given_secret(secret_value)
-    if not _NAME.fullmatch(name or ""):
-        raise UsageError(f"invalid computer name {name!r}",
-                         "use letters, digits, '.', '-', '_' (at most 63), e.g. PC-0042")
+    check_name(name, new=True)
     uid = parse_uid(uid)
     if uid == 0:
         raise UsageError("a computer cannot run as root (uid 0)",
@@ -85,6 +106,7 @@ def _insert(smp, name: str, uid: int, secret: str | None = None) -> None:
 
 
 def get(smp, name: str, missing_ok: bool = False) -> dict | None:
+    check_name(name)
     row = smp.query_one(f"SELECT {_PUBLIC} FROM computers WHERE name=?", (name,))
     if row is None and not missing_ok:
         raise UnknownComputer(f"unknown computer {name!r}",
@@ -120,6 +142,8 @@ def resolve_caller(smp, caller_uid: int, computer: str | None, action: str) -> d
     Root acts for any computer and must name it. Any other uid acts only for
     the computer mapped to it; a name, if given, must be that computer.
     """
+    if computer:
+        check_name(computer)
     if caller_uid == 0:
         if not computer:
             raise UsageError(f"name the computer: root may {action} for any computer",

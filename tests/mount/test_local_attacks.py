@@ -238,3 +238,43 @@ def test_capture_retries_wait_in_the_caller():
         got = smp.as_uid(waiter, raw_call, smp.state, "request_capture", {"retries": 1, "retry_delay": 1})
         assert got["ok"] is False and got["error"]["exit_code"] == 2
 
+
+
+# -- the audit log ------------------------------------------------------------------------------
+
+def _db_bytes(state) -> int:
+    return sum(os.path.getsize(state / n) for n in ("smp.db", "smp.db-wal") if (state / n).exists())
+
+
+def test_fifty_refused_calls_with_megabyte_names_leave_smp_db_small(smp):
+    before = _db_bytes(smp.state)
+
+    def flood():
+        return [raw_call(smp.state, "request_capture", {"computer": "A" * 1_000_000}) for _ in range(50)]
+    replies = smp.as_uid(NOBODY, flood)
+    assert all(r["ok"] is False and r["error"]["exit_code"] == 2 for r in replies), replies[0]
+    assert "15 characters" in replies[0]["error"]["hint"]
+    # 50 MB before; now a few WAL pages (sqlite checkpoints the WAL at 4 MB)
+    assert _db_bytes(smp.state) - before < 1_000_000, (before, _db_bytes(smp.state))
+    mine = [e for e in map(json.loads, smp.cli("log", "--json").out.splitlines()) if e["uid"] == NOBODY]
+    # ten rows, then one row that counts the rest
+    assert len(mine) == 11 and mine[-1]["action"] == "refusals", mine[-1]
+    assert mine[-1]["detail"]["count"] == 40
+    assert all(e["computer"] is None and len(json.dumps(e)) < 2000 for e in mine)
+
+
+def test_a_newline_in_a_name_cannot_forge_a_line_of_smpfs_log(smp):
+    forged = "PC1\n2026-01-01 00:00:00  #9999 uid=0 PC1 release_capture ok"
+    got = smp.as_uid(NOBODY, raw_call, smp.state, "request_capture", {"computer": forged})
+    assert got["ok"] is False and got["error"]["exit_code"] == 2
+    # what root may still put in the log (a folder path) is escaped on output
+    odd = smp.root / "odd\nname\x1b[31m"
+    smp.cli("folder", "add", str(odd))
+    text = smp.cli("log").out
+    entries = smp.cli("log", "--json").out.splitlines()
+    assert len(text.splitlines()) == len(entries)
+    assert "#9999" not in text and "\x1b" not in text
+    assert "odd\\x0aname\\x1b[31m" in text
+    # names are NetBIOS-like: 15 characters at most
+    r = smp.cli("computer", "add", "PC-0123456789ABC", "--uid", "61999", check=False)
+    assert r.code == 2 and "15 characters" in r.err
