@@ -578,12 +578,16 @@ def test_malformed_cli_arguments_exit_2(smp, tmp_path):
     assert json.loads(after[0]) == json.loads(before[0]) and after[1] == before[1]
     assert [f["path"] for f in json.loads(after[2])] == [f["path"] for f in json.loads(before[2])]
     assert not (tmp_path / "f1").exists()
-    # names that are well-formed but unknown: a clear "unknown computer" (exit 10), not a crash
+    # names no computer can have: refused before any lookup (exit 2, the rule in the hint)
     for args in (["associate", "PC 1", "PC;2"], ["release", "capture", "$(id)"],
                  ["key", "show", "'; DROP TABLE stores; --"], ["request", "restore", "*"]):
         r = _run_cli(["--state", str(smp.state), *args], None)
-        assert r.code == 10 and "unknown computer" in r.err, (args, r.code, r.err)
+        assert r.code == 2 and "invalid computer name" in r.err and "15 characters" in r.err, \
+            (args, r.code, r.err)
         count()
+    # well-formed but unknown: a clear "unknown computer" (exit 10), not a crash
+    r = _run_cli(["--state", str(smp.state), "release", "capture", "PC-NOSUCH"], None)
+    assert r.code == 10 and "unknown computer" in r.err, (r.code, r.err)
     # and through the real executable, where a shell would see the same argv
     r = subprocess.run([sys.executable, "-m", "smpfs", "--state", str(smp.state), "config",
                         "--delete-after", "1d; touch /tmp/pwned"], capture_output=True, text=True)
