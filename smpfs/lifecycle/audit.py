@@ -56,9 +56,8 @@ def _detail_json(detail: dict) -> str | None:
     """The detail as JSON, each value at most MAX_VALUE characters, the whole at most MAX_DETAIL."""
     if not detail:
         return None
-    text = json.dumps({str(k)[:MAX_FIELD]: _clip(v if isinstance(v, (int, float, bool, type(None))) else str(v),
-                                                  MAX_VALUE)
-                       for k, v in detail.items()}, sort_keys=True, default=str)
+    text = json.dumps({str(k)[:MAX_FIELD]: _clip(v, MAX_VALUE) for k, v in detail.items()},
+                      sort_keys=True, default=str)
     if len(text) > MAX_DETAIL:
         text = json.dumps({"detail_truncated": len(text)})
     return text
