@@ -23,7 +23,7 @@ def mount(obj, mountpoint, foreground, debug, as_json):
       ls '/srv/smp/SMPSTORED_3A9F01C2$/'
     """
     require_admin("mount")
-    from ..mount import daemon
+    from ..mount import mounting as daemon
     services = ()
     if foreground:             # the daemon itself: it serves what `smpfs config` set up
         from ..network import services_for
@@ -46,7 +46,7 @@ def umount(obj, mountpoint, as_json):
       smpfs umount /srv/smp
     """
     require_admin("umount")
-    from ..mount import daemon
+    from ..mount import mounting as daemon
     cleared = daemon.umount(obj.state, mountpoint) == "cleared"
     if cleared and not want_json(as_json):
         click.echo(f"smpfs: cleared the dead mount at {mountpoint} (its daemon had died)", err=True)

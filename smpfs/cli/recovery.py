@@ -109,7 +109,7 @@ def fsck(obj, no_repair, scrub, as_json):
     require_admin("fsck")
     from pathlib import Path
 
-    from ..mount.daemon import daemon_info
+    from ..mount.mounting import daemon_info
     from ..store import fsck as fsck_mod
     if daemon_info(Path(obj.state)) is not None:
         raise MountError("the SMP is mounted; unmount it before running fsck")
@@ -225,7 +225,7 @@ def role_remove(obj, yes, as_json):
     from pathlib import Path
 
     from ..lifecycle import role as role_mod
-    from ..mount import daemon
+    from ..mount import mounting as daemon
     Smp.open(obj.state).close()                     # an SMP is there (else exit 3) before asking
     if not yes:
         click.confirm(f"Delete every state store, storage folder content and {obj.state} for good?", abort=True)

@@ -1,8 +1,7 @@
 """The mount daemon: pyfuse3's loop, the control socket, timers and signals.
 
-``mount()`` checks everything it can *before* forking (so errors are clear
-and come with an exit code), starts the daemon in the background and
-returns once the mount answers. The daemon runs, in one trio loop:
+mounting.py checks everything it can before starting it (``smpfs mount
+--foreground`` in the background). The daemon runs, in one trio loop:
 
 * pyfuse3's request loop (``fs.SmpOperations``);
 * the control socket (``control.serve``) through which the CLI runs
@@ -26,7 +25,6 @@ import logging
 import logging.handlers
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,17 +33,19 @@ import pyfuse3
 import trio
 
 from ..crypto.keys import StoreKeys
-from ..errors import MountError, NotMountedError, PermissionDenied, SmpError
+from ..errors import MountError, PermissionDenied, SmpError
 from ..lifecycle import api, audit, retention
-from ..lifecycle.smp import DAEMON_FILE, Smp, daemon_alive, fuse_mounts, hold_daemon_lock
+from ..lifecycle.smp import DAEMON_FILE, Smp, hold_daemon_lock
 from ..store.layout import ROOT as STORE_ROOT
-from ..store.reserve import ensure_reserve, reserve_size
+from ..store.reserve import ensure_reserve
 from ..store.statestore import StateStore
 from ..units import parse_free
 from . import control
 from .catalog import GONE, Catalog, ShareRec, StoreRec
 from .guard import OP_COUNTS
+from .host import min_free_fn, raise_fd_limit, sd_notify, set_readahead
 from .inodes import SHARE_BASE, join
+from .mounting import LOG_FILE, forget_daemon, preflight
 from .operations import SmpOperations
 
 log = logging.getLogger("smpfs.mount.daemon")
@@ -53,7 +53,6 @@ log = logging.getLogger("smpfs.mount.daemon")
 COMMIT_EVERY = 1.0
 IDLE_CLOSE = 300.0          # a store unused this long is closed and its key dropped
 SYNC_EVERY = 5.0
-LOG_FILE = "smpfs.log"
 
 # Worker threads, each pool with its own limiter so that no caller can starve
 # another's: computers' control commands share CONTROL_THREADS (and one uid
@@ -65,150 +64,6 @@ LOG_FILE = "smpfs.log"
 CONTROL_THREADS = 8
 ADMIN_THREADS = 4
 COMMANDS_PER_UID = 2
-
-
-# -- mounting from the CLI ---------------------------------------------------------
-
-def daemon_info(state_dir: Path) -> dict | None:
-    """daemon.json of the daemon serving this SMP if one does (it holds
-    STATE/daemon.lock), else None."""
-    if not daemon_alive(state_dir):
-        return None
-    try:
-        return json.loads((Path(state_dir) / DAEMON_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _forget_daemon(state_dir: Path) -> None:
-    """Remove what a daemon that died left in the state dir."""
-    for name in (DAEMON_FILE, control.SOCKET_NAME):
-        try:
-            os.unlink(Path(state_dir) / name)
-        except FileNotFoundError:
-            pass
-
-
-def clear_dead_mount(state_dir: Path, mountpoint: Path) -> None:
-    """Unmount what a dead daemon of this SMP left at ``mountpoint`` (it answers
-    ENOTCONN to everything), lazily if a process still has it open."""
-    r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
-    if r.returncode != 0 and str(mountpoint) in fuse_mounts():
-        r = subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, text=True)
-        if r.returncode != 0 and str(mountpoint) in fuse_mounts():
-            raise MountError(f"could not clear the dead mount at {mountpoint}: {r.stderr.strip()}",
-                             f"try: umount -l {mountpoint}")
-    _forget_daemon(state_dir)
-    log.warning("cleared the dead mount at %s (its daemon had died)", mountpoint)
-
-
-def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
-    """Everything that can be checked before mounting, each with a clear error."""
-    smp = Smp.open(state_dir, before_delete)
-    smp.master_key()                                   # missing / unsafe key -> KeyFileError
-    row = smp.query_one("SELECT * FROM stores WHERE wrapped_key IS NOT NULL LIMIT 1")
-    if row is not None:
-        smp.data_key(row)                              # a wrong master key -> KeyFileError
-    if not os.path.exists("/dev/fuse"):
-        raise MountError("/dev/fuse does not exist",
-                         "load the fuse module (modprobe fuse) or run where FUSE is available")
-    info = daemon_info(smp.state_dir)
-    if info is None:
-        if smp.dead_mount() is not None:      # a daemon of this SMP died: clear what it left
-            clear_dead_mount(smp.state_dir, smp.dead_mount())
-        _forget_daemon(smp.state_dir)
-    if str(mountpoint) in fuse_mounts():      # checked without stat(): it may be dead or stuck
-        raise MountError(f"mountpoint {mountpoint} is busy: a FUSE filesystem is already mounted there",
-                         f"unmount it first (smpfs --state ITS_STATE_DIR umount {mountpoint}, "
-                         f"or fusermount3 -u {mountpoint})")
-    if not mountpoint.exists():
-        raise MountError(f"mountpoint {mountpoint} does not exist", f"create it: mkdir -p {mountpoint}")
-    if not mountpoint.is_dir():
-        raise MountError(f"mountpoint {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted there",
-                         f"unmount it first: umount {mountpoint}")
-    if info is not None:
-        raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
-                         "one SMP is served by one daemon; use that mount or unmount it first")
-    return smp
-
-
-def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, services=()) -> None:
-    """Mount; ``services`` (foreground only) run inside the daemon, see the module doc.
-    In the background the daemon is ``smpfs mount --foreground``, which composes them."""
-    state_dir = Path(state_dir).absolute()
-    mountpoint = Path(mountpoint).absolute()
-    smp = preflight(state_dir, mountpoint)
-    smp.close()
-    if foreground:
-        Daemon(state_dir, mountpoint, debug=debug, services=services).run()
-        return
-    r, w = os.pipe()
-    env = dict(os.environ, SMPFS_READY_FD=str(w))
-    cmd = [sys.executable, "-m", "smpfs", "--state", str(state_dir), "mount", str(mountpoint), "--foreground"]
-    if debug:
-        cmd.append("--debug")
-    logf = os.fdopen(os.open(state_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
-    os.fchmod(logf.fileno(), 0o600)           # the log names stores and computers: root's only
-    proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL,
-                            stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
-    os.close(w)
-    logf.close()
-    with os.fdopen(r, "rb") as pipe:
-        msg = pipe.read().decode(errors="replace").strip()
-    if msg == "READY":
-        return
-    code = proc.wait(timeout=30) if proc.poll() is None and not msg else proc.poll()
-    if msg.startswith("ERROR "):
-        _, exit_code, text = msg.split(" ", 2)
-        e = MountError(text)
-        e.exit_code = int(exit_code)
-        raise e
-    raise MountError(f"the smpfs daemon exited ({code}) before the mount was ready",
-                     f"see {state_dir / LOG_FILE}")
-
-
-def umount(state_dir, mountpoint, timeout: float = 120) -> str:
-    """Flush, unmount and wait for the daemon to exit; or clear the dead mount
-    a daemon of this SMP left. Only this SMP's own mount is touched.
-    Returns "unmounted" or "cleared"."""
-    state_dir = Path(state_dir).absolute()
-    mountpoint = Path(os.path.normpath(Path(mountpoint).absolute()))
-    smp = Smp.open(state_dir)
-    try:
-        live, dead = smp.mountpoint(), smp.dead_mount()
-    finally:
-        smp.close()
-    if dead is not None and Path(os.path.normpath(dead)) == mountpoint:
-        clear_dead_mount(state_dir, mountpoint)
-        return "cleared"
-    if live is None or Path(os.path.normpath(live)) != mountpoint:
-        where = f"it is mounted at {live}" if live else "it is not mounted"
-        if str(mountpoint) in fuse_mounts() or os.path.ismount(mountpoint):
-            raise NotMountedError(f"{mountpoint} is not the mount of the SMP in {state_dir} ({where})",
-                                  "give the --state of the SMP mounted there"
-                                  + (f", or unmount this one: smpfs umount {live}" if live else ""))
-        raise NotMountedError(f"{mountpoint} is not mounted ({where})",
-                              f"unmount this SMP with: smpfs umount {live}" if live else None)
-    try:                    # network services hold the mount busy while they serve
-        control.call(state_dir, "services_stop", timeout=60)
-    except SmpError:
-        pass
-    r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
-    if r.returncode != 0:
-        err = r.stderr.strip()
-        if "busy" in err.lower():
-            raise MountError(f"{mountpoint} is busy: a process still uses it",
-                             f"find it with: fuser -vm {mountpoint}")
-        raise MountError(f"unmounting {mountpoint} failed: {err}")
-    deadline = time.monotonic() + timeout
-    while daemon_alive(state_dir):           # the kernel drops the daemon's lock when it exits
-        if time.monotonic() > deadline:
-            raise MountError(f"the daemon did not exit within {timeout:.0f}s after unmount",
-                             f"see {state_dir / LOG_FILE}")
-        time.sleep(0.02)
-    return "unmounted"
 
 
 # -- the daemon ----------------------------------------------------------------------
@@ -257,7 +112,7 @@ class Daemon:
         os.umask(0o077)
         try:
             self._setup_logging()
-            _raise_fd_limit()
+            raise_fd_limit()
             self.smp = preflight(self.state_dir, self.mountpoint, before_delete=self._before_delete)
             try:
                 self._lock_fd = hold_daemon_lock(self.state_dir)     # held until this process ends
@@ -294,7 +149,7 @@ class Daemon:
                 self._shutdown()
             finally:
                 pyfuse3.close(unmount=ok)
-                _forget_daemon(self.state_dir)
+                forget_daemon(self.state_dir)
         log.info("unmounted %s; requests served: %s", self.mountpoint,
                  ", ".join(f"{k} {v}" for k, v in OP_COUNTS.most_common()))
         os.close(self._lock_fd)          # `smpfs umount` waits for this
@@ -337,7 +192,7 @@ class Daemon:
         for f in self.smp.query("SELECT * FROM folders WHERE removed_at IS NULL"):
             spec = parse_free(f["min_free"])
             path = f["path"]
-            shares[f["id"]] = ShareRec(f["id"], f["share"], path, _min_free_fn(spec, path, self.smp.state_dir))
+            shares[f["id"]] = ShareRec(f["id"], f["share"], path, min_free_fn(spec, path, self.smp.state_dir))
         old = dict(self.catalog.stores)
         stores = {}
         for s in self.smp.query("SELECT id, store_id, folder_id, status, source_uid, dest_uid, created_at"
@@ -444,7 +299,7 @@ class Daemon:
             nursery.start_soon(self._retention_timer)
             nursery.start_soon(self._after_init)
             self._tell_parent("READY")
-            _sd_notify("READY=1\nSTATUS=serving " + str(self.mountpoint))
+            sd_notify("READY=1\nSTATUS=serving " + str(self.mountpoint))
             await pyfuse3.main()
             await self._stop_services()
             await self.ops.stores.drain_all()
@@ -454,7 +309,7 @@ class Daemon:
     async def _after_init(self) -> None:
         # the kernel sets read-ahead when it gets the INIT reply: raise it after that
         await trio.sleep(0.3)
-        await trio.to_thread.run_sync(_set_readahead, self.mountpoint)
+        await trio.to_thread.run_sync(set_readahead, self.mountpoint)
 
     async def _stop_services(self) -> None:
         for service in self.services:
@@ -467,7 +322,7 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for sig in sigs:
                 log.info("signal %s: unmounting", signal.Signals(sig).name)
-                _sd_notify("STOPPING=1")
+                sd_notify("STOPPING=1")
                 await self._stop_services()
                 pyfuse3.terminate()
                 return
@@ -595,79 +450,3 @@ class Daemon:
             except Exception:
                 log.exception("%s could not follow %s", type(service).__name__, cmd)
         return result
-
-
-
-def _sd_notify(msg: str) -> None:
-    """Tell systemd (Type=notify) how we are doing; a no-op elsewhere."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    import socket
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(msg.encode())
-    except OSError as e:
-        log.warning("could not notify systemd: %s", e)
-
-
-def _raise_fd_limit() -> None:
-    """Raise the soft limit on open files to the hard one: every control
-    connection and open store costs descriptors, and systemd's soft default
-    of 1024 is soon reached."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20     # nr_open's default
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as e:
-        log.info("could not raise the open-file limit from %s to %s: %s", soft, target, e)
-        return
-    log.info("open-file limit raised from %s to %s", soft, target)
-
-
-READAHEAD_KB = 4096
-
-
-def _set_readahead(mountpoint: Path, kb: int = READAHEAD_KB) -> None:
-    """Let the kernel read ahead 4 MiB (it defaults to 128 KiB for FUSE): reads
-    then arrive as 1 MiB requests, one per block. Found through mountinfo, since a
-    stat() of the mount would wait for the loop that is not running yet."""
-    dev = None
-    try:
-        for line in open("/proc/self/mountinfo"):
-            f = line.split()
-            if f[4] == str(mountpoint):
-                dev = f[2]
-        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as fh:
-            fh.write(str(kb))
-        log.info("read-ahead of %s (bdi %s) set to %d KiB", mountpoint, dev, kb)
-    except (OSError, IndexError) as e:
-        log.info("could not raise read-ahead for %s: %s", mountpoint, e)
-
-
-def _min_free_fn(spec, path, state_dir):
-    """The folder's minimum free space; on the state dir's filesystem at least
-    the state dir's reserve too, so no client can take the room smp.db and the
-    log need (computer add, release capture, the audit log)."""
-    total, state_reserve = [], []
-
-    def threshold() -> int:
-        if not state_reserve:
-            try:
-                same = os.stat(path).st_dev == os.stat(state_dir).st_dev
-            except OSError:
-                same = False
-            state_reserve.append(reserve_size(state_dir) if same else 0)
-        if spec.percent is None:
-            return max(spec.bytes, state_reserve[0])
-        if not total:                      # a filesystem's size does not change under us
-            v = os.statvfs(path)
-            total.append(v.f_blocks * v.f_frsize)
-        return max(spec.threshold(total[0]), state_reserve[0])
-    return threshold

@@ -43,7 +43,7 @@ def parse(argv: list[str]) -> tuple[str, str, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import daemon
+    from . import mounting as daemon
     try:
         state, mountpoint, opts = parse(sys.argv[1:] if argv is None else argv)
         daemon.mount(state, mountpoint, debug=bool(opts.get("debug")))

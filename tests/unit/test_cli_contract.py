@@ -214,3 +214,28 @@ def test_admin_set_matches_the_api():
     """Every api command the CLI reaches is admin-only unless it is a migration step."""
     steps = {"request_capture", "release_capture", "request_restore", "release_restore"}
     assert api.ADMIN == frozenset(api.COMMANDS) - steps
+
+
+def test_commands_that_do_not_mount_work_without_the_fuse_library(tmp_path):
+    """Only the daemon needs pyfuse3: fsck, status, umount's checks and every
+    admin command run on a host where it is not installed (or is broken)."""
+    import subprocess
+    import sys
+    code = r"""
+import sys
+sys.modules["pyfuse3"] = None                 # as if it were not installed
+from smpfs.cli import base
+base.is_admin = lambda: True
+from click.testing import CliRunner
+from smpfs import cli
+state = sys.argv[1]
+for args in (["--help"], ["init", "--server", "SMP01"], ["fsck"], ["status"], ["--json", "status"],
+             ["computer", "add", "PC-A", "--uid", "2001"], ["umount", "/nonexistent"]):
+    r = CliRunner().invoke(cli.main, ["--state", state, *args])
+    assert "pyfuse3" not in r.output + r.stderr and r.exit_code in (0, 6), (args, r.exit_code, r.stderr)
+    assert "internal error" not in r.stderr, (args, r.stderr)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

@@ -1,0 +1,172 @@
+"""Mounting and unmounting an SMP, from the CLI: no FUSE library needed.
+
+``mount()`` checks everything it can *before* forking (so errors are clear and
+come with an exit code), starts the daemon (``smpfs mount --foreground``, see
+daemon.py) in the background and returns once the mount answers. ``umount()``
+flushes, unmounts and waits for the daemon to exit, or clears the dead mount a
+killed daemon left. ``daemon_info()`` says which daemon serves an SMP.
+
+This module imports neither pyfuse3 nor trio: `fsck`, `role remove` and every
+command that only asks whether the SMP is mounted work where FUSE is not
+installed (the unit tier runs as an ordinary user without it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import MountError, NotMountedError, SmpError
+from ..lifecycle.smp import DAEMON_FILE, Smp, daemon_alive, fuse_mounts
+from . import control
+
+log = logging.getLogger("smpfs.mount.daemon")
+
+LOG_FILE = "smpfs.log"
+
+def daemon_info(state_dir: Path) -> dict | None:
+    """daemon.json of the daemon serving this SMP if one does (it holds
+    STATE/daemon.lock), else None."""
+    if not daemon_alive(state_dir):
+        return None
+    try:
+        return json.loads((Path(state_dir) / DAEMON_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def forget_daemon(state_dir: Path) -> None:
+    """Remove what a daemon that died left in the state dir."""
+    for name in (DAEMON_FILE, control.SOCKET_NAME):
+        try:
+            os.unlink(Path(state_dir) / name)
+        except FileNotFoundError:
+            pass
+
+
+def clear_dead_mount(state_dir: Path, mountpoint: Path) -> None:
+    """Unmount what a dead daemon of this SMP left at ``mountpoint`` (it answers
+    ENOTCONN to everything), lazily if a process still has it open."""
+    r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if r.returncode != 0 and str(mountpoint) in fuse_mounts():
+        r = subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, text=True)
+        if r.returncode != 0 and str(mountpoint) in fuse_mounts():
+            raise MountError(f"could not clear the dead mount at {mountpoint}: {r.stderr.strip()}",
+                             f"try: umount -l {mountpoint}")
+    forget_daemon(state_dir)
+    log.warning("cleared the dead mount at %s (its daemon had died)", mountpoint)
+
+
+def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
+    """Everything that can be checked before mounting, each with a clear error."""
+    smp = Smp.open(state_dir, before_delete)
+    smp.master_key()                                   # missing / unsafe key -> KeyFileError
+    row = smp.query_one("SELECT * FROM stores WHERE wrapped_key IS NOT NULL LIMIT 1")
+    if row is not None:
+        smp.data_key(row)                              # a wrong master key -> KeyFileError
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse does not exist",
+                         "load the fuse module (modprobe fuse) or run where FUSE is available")
+    info = daemon_info(smp.state_dir)
+    if info is None:
+        if smp.dead_mount() is not None:      # a daemon of this SMP died: clear what it left
+            clear_dead_mount(smp.state_dir, smp.dead_mount())
+        forget_daemon(smp.state_dir)
+    if str(mountpoint) in fuse_mounts():      # checked without stat(): it may be dead or stuck
+        raise MountError(f"mountpoint {mountpoint} is busy: a FUSE filesystem is already mounted there",
+                         f"unmount it first (smpfs --state ITS_STATE_DIR umount {mountpoint}, "
+                         f"or fusermount3 -u {mountpoint})")
+    if not mountpoint.exists():
+        raise MountError(f"mountpoint {mountpoint} does not exist", f"create it: mkdir -p {mountpoint}")
+    if not mountpoint.is_dir():
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted there",
+                         f"unmount it first: umount {mountpoint}")
+    if info is not None:
+        raise MountError(f"this SMP is already mounted at {info.get('mountpoint')} (pid {info.get('pid')})",
+                         "one SMP is served by one daemon; use that mount or unmount it first")
+    return smp
+
+
+def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, services=()) -> None:
+    """Mount; ``services`` (foreground only) run inside the daemon, see the module doc.
+    In the background the daemon is ``smpfs mount --foreground``, which composes them."""
+    state_dir = Path(state_dir).absolute()
+    mountpoint = Path(mountpoint).absolute()
+    smp = preflight(state_dir, mountpoint)
+    smp.close()
+    if foreground:
+        # the daemon needs pyfuse3: imported only where it mounts
+        from .daemon import Daemon
+        Daemon(state_dir, mountpoint, debug=debug, services=services).run()
+        return
+    r, w = os.pipe()
+    env = dict(os.environ, SMPFS_READY_FD=str(w))
+    cmd = [sys.executable, "-m", "smpfs", "--state", str(state_dir), "mount", str(mountpoint), "--foreground"]
+    if debug:
+        cmd.append("--debug")
+    logf = os.fdopen(os.open(state_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+    os.fchmod(logf.fileno(), 0o600)           # the log names stores and computers: root's only
+    proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL,
+                            stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
+    os.close(w)
+    logf.close()
+    with os.fdopen(r, "rb") as pipe:
+        msg = pipe.read().decode(errors="replace").strip()
+    if msg == "READY":
+        return
+    code = proc.wait(timeout=30) if proc.poll() is None and not msg else proc.poll()
+    if msg.startswith("ERROR "):
+        _, exit_code, text = msg.split(" ", 2)
+        e = MountError(text)
+        e.exit_code = int(exit_code)
+        raise e
+    raise MountError(f"the smpfs daemon exited ({code}) before the mount was ready",
+                     f"see {state_dir / LOG_FILE}")
+
+
+def umount(state_dir, mountpoint, timeout: float = 120) -> str:
+    """Flush, unmount and wait for the daemon to exit; or clear the dead mount
+    a daemon of this SMP left. Only this SMP's own mount is touched.
+    Returns "unmounted" or "cleared"."""
+    state_dir = Path(state_dir).absolute()
+    mountpoint = Path(os.path.normpath(Path(mountpoint).absolute()))
+    smp = Smp.open(state_dir)
+    try:
+        live, dead = smp.mountpoint(), smp.dead_mount()
+    finally:
+        smp.close()
+    if dead is not None and Path(os.path.normpath(dead)) == mountpoint:
+        clear_dead_mount(state_dir, mountpoint)
+        return "cleared"
+    if live is None or Path(os.path.normpath(live)) != mountpoint:
+        where = f"it is mounted at {live}" if live else "it is not mounted"
+        if str(mountpoint) in fuse_mounts() or os.path.ismount(mountpoint):
+            raise NotMountedError(f"{mountpoint} is not the mount of the SMP in {state_dir} ({where})",
+                                  "give the --state of the SMP mounted there"
+                                  + (f", or unmount this one: smpfs umount {live}" if live else ""))
+        raise NotMountedError(f"{mountpoint} is not mounted ({where})",
+                              f"unmount this SMP with: smpfs umount {live}" if live else None)
+    try:                    # network services hold the mount busy while they serve
+        control.call(state_dir, "services_stop", timeout=60)
+    except SmpError:
+        pass
+    r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if r.returncode != 0:
+        err = r.stderr.strip()
+        if "busy" in err.lower():
+            raise MountError(f"{mountpoint} is busy: a process still uses it",
+                             f"find it with: fuser -vm {mountpoint}")
+        raise MountError(f"unmounting {mountpoint} failed: {err}")
+    deadline = time.monotonic() + timeout
+    while daemon_alive(state_dir):           # the kernel drops the daemon's lock when it exits
+        if time.monotonic() > deadline:
+            raise MountError(f"the daemon did not exit within {timeout:.0f}s after unmount",
+                             f"see {state_dir / LOG_FILE}")
+        time.sleep(0.02)
+    return "unmounted"
