@@ -105,6 +105,16 @@ smpfs_user_venv() {
             cryptography sqlite-utils click trio h11 pytest pytest-trio \
             || _smpfs_die "pip install failed in $SMPFS_VENV"
     fi
+    if ! "$SMPFS_VENV/bin/python" -c 'import importlib.metadata as m; m.distribution("smpfs")' 2>/dev/null; then
+        # smpfs's metadata (its pytest plugin, `smpfs --version`), installed
+        # from a copy this user can build in; the code itself is the checkout's
+        local src
+        src="$(mktemp -d)"
+        cp -r "$SMPFS_ROOT/pyproject.toml" "$SMPFS_ROOT/README.md" "$SMPFS_ROOT/smpfs" "$src/"
+        "$SMPFS_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$src" \
+            || _smpfs_die "pip install of smpfs failed in $SMPFS_VENV"
+        rm -rf "$src"
+    fi
     export PYTHONPATH="$SMPFS_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 }
 

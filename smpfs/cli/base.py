@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import click
 
+from .. import __version__
 from ..errors import NotMountedError, PermissionDenied, SmpError, UsageError
 from ..lifecycle import api
 from ..lifecycle.smp import DEFAULT_STATE_DIR, Smp, resolve_state_dir
@@ -258,7 +259,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 @click.option("--state", "state", envvar="SMPFS_STATE", default=DEFAULT_STATE_DIR, show_default=True,
               metavar="DIR", help="SMP state directory (also $SMPFS_STATE).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON wherever a command has output.")
-@click.version_option(package_name="smpfs")
+@click.version_option(__version__, prog_name="smpfs")
 @click.pass_context
 def main(ctx, state, as_json):
     """smpfs: a Configuration Manager State Migration Point you can mount.
