@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import Conflict, NotFound, UsageError
 from ..store.layout import tree_bytes
 from ..units import format_size, parse_free
-from .status import LIVE_SQL, Status
+from .status import HOLDS_SLOT, LIVE_SQL, Status, sql_in
 
 
 def _abspath(path) -> Path:
@@ -61,10 +61,18 @@ def space(path) -> tuple[int, int]:
 
 
 def clients(smp, folder_id: int) -> int:
-    """Live (not deleted) stores in the folder: ConfigMgr's 'clients'."""
+    """ConfigMgr's 'clients' of the folder: the associations with a store in it
+    that still awaits a step (:data:`status.HOLDS_SLOT`). A restored store kept
+    for its retention deadline is not counted."""
     return smp.conn.execute(
-        f"SELECT COUNT(*) FROM stores WHERE folder_id=? AND {LIVE_SQL}",
+        f"SELECT COUNT(DISTINCT association_id) FROM stores WHERE folder_id=? AND status IN {sql_in(HOLDS_SLOT)}",
         (folder_id,)).fetchone()[0]
+
+
+def kept(smp, folder_id: int) -> int:
+    """Restored stores in the folder waiting for their deadline (no client slot)."""
+    return smp.conn.execute("SELECT COUNT(*) FROM stores WHERE folder_id=? AND status=?",
+                            (folder_id, Status.RESTORED.value)).fetchone()[0]
 
 
 def describe(smp, row: dict, used: bool = False) -> dict:
@@ -72,6 +80,7 @@ def describe(smp, row: dict, used: bool = False) -> dict:
     d = dict(row)
     d["share_name"] = smp.share_name(row)
     d["clients"] = clients(smp, row["id"])
+    d["restored_kept"] = kept(smp, row["id"])
     try:
         free, total = space(row["path"])
         d["free_bytes"], d["total_bytes"] = free, total

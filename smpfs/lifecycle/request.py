@@ -10,6 +10,11 @@ Decisions where ConfigMgr is undocumented:
 * A capture request while the computer's previous capture still waits for its
   restore is refused (CaptureInProgress). A restored store does not block a
   new capture; it is kept until its own deadline.
+* Maximum clients counts associations with a store that still awaits a step
+  (:data:`status.HOLDS_SLOT`): a computer holds one slot however often it
+  captures, a restored store none. The count is checked again in the
+  transaction that creates the store, so two computers racing for the last
+  slot cannot both take it.
 * A restore requested before the capture's release is refused
   (CaptureInProgress). A restore may be requested again on a restored store
   not yet deleted (a re-run restore); its deadline still applies.
@@ -24,6 +29,7 @@ from ..crypto import keys as keymod
 from ..errors import CaptureInProgress, Conflict, MountError, NoStorageRoom, NotFound, NotMountedError, RestoreOnlyMode
 from . import association, audit, computer
 from .folder import choose_folder
+from .folder import clients as folder_clients
 from .status import LIVE_SQL, Status, transition
 
 
@@ -66,10 +72,8 @@ def request_capture(smp, caller_uid: int, computer: str | None = None) -> dict:
                               "restores continue; an admin turns it off with `smpfs config --restore-only off`")
     folder, folders = choose_folder(smp)
     if folder is None:
-        why = "; ".join(f"{f['path']}: {', '.join(f['full_reasons'])}" for f in folders) or "no storage folders"
-        raise NoStorageRoom(f"no storage folder has room ({why})",
-                            "free space, raise a folder's limits (`smpfs folder set PATH --max-clients N "
-                            "--min-free SIZE`), or add one with `smpfs folder add`")
+        raise _no_room("; ".join(f"{f['path']}: {', '.join(f['full_reasons'])}" for f in folders)
+                       or "no storage folders")
     if assoc is None:
         try:
             assoc = association.associate(smp, name, name, uid=caller_uid)
@@ -87,6 +91,10 @@ def request_capture(smp, caller_uid: int, computer: str | None = None) -> dict:
                             (assoc["id"], Status.CAPTURING.value))
         if dup is not None:
             return step_result(smp, dup, name, existing=True, changed=False)
+        # another computer may have taken the folder's last client slot meanwhile
+        limit, taken = smp.folder(folder["id"])["max_clients"], folder_clients(smp, folder["id"])
+        if taken >= limit:
+            raise _no_room(f"{folder['path']}: {taken}/{limit} clients")
         smp.conn.execute(
             "INSERT INTO stores (store_id, association_id, folder_id, status, source_uid, dest_uid, "
             "wrapped_key, created_at) VALUES (?,?,?,?,?,?,?,?)",
@@ -105,6 +113,12 @@ def request_capture(smp, caller_uid: int, computer: str | None = None) -> dict:
     audit.record(smp, caller_uid, "request_capture", computer=name, store_id=store_id,
                  folder=folder["path"], dest=assoc["dest"], migration_type=assoc["migration_type"])
     return step_result(smp, store, name)
+
+
+def _no_room(why: str) -> NoStorageRoom:
+    return NoStorageRoom(f"no storage folder has room ({why})",
+                         "free space, raise a folder's limits (`smpfs folder set PATH --max-clients N "
+                         "--min-free SIZE`), or add one with `smpfs folder add`")
 
 
 def restorable(smp, dest: str) -> dict | None:

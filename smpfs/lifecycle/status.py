@@ -37,6 +37,13 @@ GONE = frozenset({Status.DELETING, Status.DELETED})
 LIVE = frozenset(Status) - GONE
 #: Captured but not yet restored: an association in one of these is unfinished.
 UNFINISHED = frozenset({Status.CAPTURING, Status.CAPTURED, Status.RESTORING})
+#: What holds one of a storage folder's *maximum clients*: a store that still
+#: awaits a step (its capture's release, its restore, its restore's release).
+#: A folder's clients are the associations with such a store in it, so one
+#: computer holds one slot however often it captures; a restored store, which
+#: waits only for its retention deadline, holds none (a re-run restore takes
+#: its slot again until its release).
+HOLDS_SLOT = UNFINISHED
 
 #: The steps allowed from each state.
 STEPS: dict[Status, frozenset[Status]] = {

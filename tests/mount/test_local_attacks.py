@@ -278,3 +278,35 @@ def test_a_newline_in_a_name_cannot_forge_a_line_of_smpfs_log(smp):
     # names are NetBIOS-like: 15 characters at most
     r = smp.cli("computer", "add", "PC-0123456789ABC", "--uid", "61999", check=False)
     assert r.code == 2 and "15 characters" in r.err
+
+
+# -- client slots -------------------------------------------------------------------------------
+
+def test_one_computer_cycling_captures_cannot_take_every_client_slot():
+    with mounted(max_clients=3) as smp:
+        a, b, c, d = (smp.add_computer() for _ in range(4))
+        for _ in range(4):                                  # whole in-place migrations, kept a day
+            store = smp.request_capture(a)
+            smp.as_uid(a, (store / "state").write_bytes, b"x" * 4096)
+            assert smp.request_capture(a) == store          # a retried step: the same store
+            smp.release_capture(a)
+            smp.request_restore(a)
+            smp.release_restore(a)
+        smp.request_capture(a)
+        smp.request_capture(a)
+        smp.request_capture(b)
+        smp.request_capture(c)
+        folder = json.loads(smp.cli("folder", "list", "--json").out)[0]
+        assert folder["clients"] == 3 and not folder["has_room"]
+        kept = [s for x in smp.status()["associations"] for s in x["all_stores"] if s["status"] == "restored"]
+        assert len(kept) == 4                               # a's old stores wait for their deadline
+        r = smp.cli("request", "capture", uid=d, check=False)
+        assert r.code == 12 and "3/3 clients" in r.err and "folder set" in r.err, (r.code, r.err)
+        # b's migration finishes: its restored store frees its slot for d
+        smp.release_capture(b)
+        smp.request_restore(b)
+        assert smp.cli("request", "capture", uid=d, check=False).code == 12   # restoring still counts
+        smp.release_restore(b)
+        store = smp.request_capture(d)
+        smp.as_uid(d, (store / "state").write_bytes, b"y")
+        assert json.loads(smp.cli("folder", "list", "--json").out)[0]["clients"] == 3

@@ -479,7 +479,8 @@ def test_status_is_complete(smp):
     sid = _restored(smp)
     st = call(smp, 0, "status")
     assert st["settings"] == {"server": "SMP01", "restore_only": False, "delete_after_s": 86400}
-    assert st["folders"][0]["clients"] == 1
+    # a restored store waits for its deadline and holds no client slot
+    assert (st["folders"][0]["clients"], st["folders"][0]["restored_kept"]) == (0, 1)
     a = st["associations"][0]
     assert (a["source"], a["status"], a["store_id"]) == ("PC-OLD", "restored", sid)
     assert a["delete_at"] == st["next_deadline"]
