@@ -27,8 +27,9 @@ of ``concurrent`` stores. Without it, the stores are taken as one stream
 Every store of the window is counted on disk at once at the window's end
 (it lives until ``retention`` days after its restore is released), so disk
 and storage folders are sized for all of an SMP's stores: a folder takes at
-most ``max_clients`` live stores (ConfigMgr's "maximum clients") and keeps
-``min_free`` free.
+most ``max_clients`` stores awaiting their restore (ConfigMgr's "maximum
+clients"; restored stores do not count, so this is the worst case, every
+store of the window waiting at once) and keeps ``min_free`` free.
 """
 from __future__ import annotations
 
