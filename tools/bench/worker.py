@@ -58,6 +58,28 @@ def step_small_create(root, n, dirs, size, seed):
     return {"seconds": time.perf_counter() - t0, "files": n}
 
 
+def step_small_each_fsync(root, n, dirs, size, seed):
+    """Create ``n`` files of ``size`` bytes in ``dirs`` directories, each
+    open(O_CREAT|O_EXCL) + write + fsync + close before the next one (what a
+    careful capture tool does per file)."""
+    n, dirs, size = int(n), int(dirs), int(size)
+    buf = _buffer(int(seed))
+    t0 = time.perf_counter()
+    os.mkdir(root)
+    for j in range(dirs):
+        os.mkdir(os.path.join(root, f"d{j:02d}"))
+    for i in range(n):
+        fd = os.open(_small_path(root, i, dirs),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            if os.write(fd, _slice(buf, i, size)) != size:
+                raise OSError("short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return {"seconds": time.perf_counter() - t0, "files": n}
+
+
 def step_small_durable(root, n, dirs):
     """Make everything from small-create durable: fsync every file, then
     every directory, then the root (the same fsync calls on every target)."""
@@ -200,6 +222,7 @@ def step_gen_tree(dest, count, seed):
 
 STEPS = {
     "small-create": step_small_create,
+    "small-each-fsync": step_small_each_fsync,
     "small-durable": step_small_durable,
     "small-read": step_small_read,
     "mig-write": step_mig_write,
