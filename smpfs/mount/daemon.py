@@ -409,7 +409,10 @@ class Daemon:
 
     async def _command(self, uid: int, cmd: str, args: dict) -> dict:
         if cmd == "ping":
-            return {"pid": os.getpid(), "mountpoint": str(self.mountpoint)}
+            reply = {"pid": os.getpid(), "mountpoint": str(self.mountpoint)}
+            if uid == 0:                     # what the kernel asked, by kind (what caching saves)
+                reply["requests"] = dict(OP_COUNTS)
+            return reply
         if cmd == "log_level":
             if uid != 0:
                 err = PermissionDenied("changing the log level is for the SMP admin (root)")
