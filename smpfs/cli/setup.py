@@ -5,6 +5,7 @@ import os
 
 import click
 
+from ..lifecycle import rows
 from ..lifecycle.smp import Smp
 from .base import emit_json, json_option, main, print_folders, print_settings, require_admin, run, want_json, when
 from .network import network_options, print_network
@@ -29,9 +30,9 @@ def init(obj, server, folder, max_clients, min_free, as_json):
     smp = Smp.init(obj.state, server=server, folder=os.path.abspath(folder) if folder else None,
                    max_clients=max_clients, min_free=min_free)
     try:
-        f = smp.query_one("SELECT * FROM folders ORDER BY id LIMIT 1")
+        f = rows.first_folder(smp)
         info = {"state_dir": str(smp.state_dir), "server": smp.setting("server"),
-                "folder": f["path"], "share": smp.share_name(f),
+                "folder": f.path, "share": f.share_name,
                 "master_key": str(smp.state_dir / "master.key")}
     finally:
         smp.close()

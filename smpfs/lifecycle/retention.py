@@ -28,6 +28,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..units import parse_duration
 from . import audit
+from .rows import StoreRow
 from .status import GONE, Status, sql_in, transition
 
 
@@ -97,7 +98,7 @@ def _delete_store(smp, store_row: dict, reason: str, uid: int = 0) -> dict:
     if cur["status"] == Status.DELETED:
         return {"store_id": store_id, "bytes_freed": 0, "reason": reason, "already": True}
     if smp.before_delete is not None:
-        smp.before_delete(store_row)
+        smp.before_delete(StoreRow.from_row(cur))
     folder_path = Path(smp.folder(store_row["folder_id"])["path"])
     # what the store takes is measured before anything goes, so a deletion a
     # crash interrupted still reports everything it freed when it is resumed

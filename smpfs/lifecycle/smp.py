@@ -22,16 +22,20 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
+from sqlite_utils.db import NotFoundError
 
 from ..crypto import keys as keymod
 from ..errors import KeyFileError, NotFound, StateDirError, UsageError
 from ..units import parse_free
 from . import audit
 from . import folder as foldermod
+from .rows import StoreRow
+from .rows import share_name as share_of
 from .status import LIVE_SQL
 
 DEFAULT_STATE_DIR = "/var/lib/smpfs"
@@ -183,7 +187,7 @@ class Smp:
     """An opened SMP state directory. Use :meth:`init` or :meth:`open`."""
 
     def __init__(self, state_dir: Path, conn: sqlite3.Connection,
-                 before_delete: Callable[[dict], None] | None = None):
+                 before_delete: Callable[[StoreRow], None] | None = None):
         self.state_dir = Path(state_dir)
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
@@ -237,7 +241,7 @@ class Smp:
         return smp
 
     @classmethod
-    def open(cls, state_dir=None, before_delete: Callable[[dict], None] | None = None) -> Smp:
+    def open(cls, state_dir=None, before_delete: Callable[[StoreRow], None] | None = None) -> Smp:
         """Open an existing SMP; :class:`StateDirError` if there is none."""
         state_dir = resolve_state_dir(state_dir).absolute()
         db_path = state_dir / DB_FILE
@@ -339,6 +343,20 @@ class Smp:
             r = self.conn.execute(sql, params).fetchone()
             return dict(r) if r else None
 
+    def rows_where(self, table: str, where: str | None = None, params: Sequence[Any] = (), *,
+                   order_by: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """sqlite-utils' ``rows_where`` on ``table``, read whole under the connection's lock."""
+        with self._lock:
+            return list(self.db.table(table).rows_where(where, params, order_by=order_by, limit=limit))
+
+    def get_row(self, table: str, pk: Any) -> dict[str, Any] | None:
+        """The row of ``table`` with primary key ``pk`` (sqlite-utils' ``get``), or None."""
+        with self._lock:
+            try:
+                return self.db.table(table).get(pk)
+            except NotFoundError:
+                return None
+
     # -- settings --------------------------------------------------------------
 
     def setting(self, name: str) -> str:
@@ -419,11 +437,15 @@ class Smp:
                 result = checkpoint()
         return result
 
-    def data_key(self, store_row: dict) -> bytes:
+    def data_key(self, store_row: StoreRow | Mapping[str, Any]) -> bytes:
         """The store's data key (unwrapped); refused once the store was shredded."""
-        if store_row.get("wrapped_key") is None:
-            raise KeyFileError(f"store {store_row['store_id'][:12]}… has been deleted; its key is destroyed")
-        return keymod.unwrap(self.master_key(), store_row["store_id"], store_row["wrapped_key"])
+        if isinstance(store_row, StoreRow):
+            store_id, wrapped = store_row.store_id, store_row.wrapped_key
+        else:
+            store_id, wrapped = store_row["store_id"], store_row.get("wrapped_key")
+        if wrapped is None:
+            raise KeyFileError(f"store {store_id[:12]}… has been deleted; its key is destroyed")
+        return keymod.unwrap(self.master_key(), store_id, wrapped)
 
     # -- stores and paths --------------------------------------------------------
 
@@ -438,8 +460,8 @@ class Smp:
         return Path(self.folder(store_row["folder_id"])["path"]) / store_row["store_id"]
 
     @staticmethod
-    def share_name(folder_row: dict) -> str:
-        return f"SMPSTORED_{folder_row['share']}$"
+    def share_name(folder_row: Mapping[str, Any]) -> str:
+        return share_of(folder_row["share"])
 
     def unc(self, store_row: dict) -> str:
         share = self.share_name(self.folder(store_row["folder_id"]))

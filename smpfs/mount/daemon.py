@@ -34,7 +34,7 @@ import trio
 
 from ..crypto.keys import StoreKeys
 from ..errors import MountError, PermissionDenied, SmpError
-from ..lifecycle import api, audit, retention
+from ..lifecycle import api, audit, retention, rows
 from ..lifecycle.smp import DAEMON_FILE, Smp, hold_daemon_lock
 from ..store.layout import ROOT as STORE_ROOT
 from ..store.reserve import ensure_reserve
@@ -189,16 +189,14 @@ class Daemon:
     def refresh(self, changed: list[str] | None = None) -> None:
         """Reload shares and stores from smp.db and act on what changed."""
         shares = {}
-        for f in self.smp.query("SELECT * FROM folders WHERE removed_at IS NULL"):
-            spec = parse_free(f["min_free"])
-            path = f["path"]
-            shares[f["id"]] = ShareRec(f["id"], f["share"], path, min_free_fn(spec, path, self.smp.state_dir))
+        for f in rows.live_folders(self.smp):
+            shares[f.id] = ShareRec(f.id, f.share, f.path,
+                                    min_free_fn(parse_free(f.min_free), f.path, self.smp.state_dir))
         old = dict(self.catalog.stores)
         stores = {}
-        for s in self.smp.query("SELECT id, store_id, folder_id, status, source_uid, dest_uid, created_at"
-                                " FROM stores"):
-            stores[s["id"]] = StoreRec(s["id"], s["store_id"], s["folder_id"], s["status"],
-                                       s["source_uid"], s["dest_uid"], int((s["created_at"] or 0) * 1e9))
+        for s in rows.all_stores(self.smp):
+            stores[s.id] = StoreRec(s.id, s.store_id, s.folder_id, s.status.value,
+                                    s.source_uid, s.dest_uid, int((s.created_at or 0) * 1e9))
         self.catalog.shares = shares
         self.catalog.stores = stores
         if self.ops is None:
@@ -210,20 +208,19 @@ class Daemon:
             self._status_changed(before, rec)
 
     def _open_store(self, rec: StoreRec) -> StateStore:
-        row = self.smp.query_one("SELECT * FROM stores WHERE id=?", (rec.rowid,))
+        row = rows.store_by_rowid(self.smp, rec.rowid)
         folder = self.catalog.shares.get(rec.folder_id)
         if row is None or folder is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         keys = StoreKeys.from_data_key(rec.store_id, self.smp.data_key(row))
         def on_reserve(limit: int, rowid=rec.rowid) -> None:
-            with self.smp.tx():
-                self.smp.conn.execute("UPDATE stores SET nonce_hwm=max(nonce_hwm, ?) WHERE id=?", (limit, rowid))
+            rows.raise_nonce_hwm(self.smp, rowid, limit)
         frozen = rec.status != "capturing"
         st = StateStore(Path(folder.path) / rec.store_id, keys, min_free_bytes=folder.min_free,
-                        min_counter=row.get("nonce_hwm") or 0, on_reserve=on_reserve,
-                        expect_root=row.get("root_mac") if frozen else None)
+                        min_counter=row.nonce_hwm or 0, on_reserve=on_reserve,
+                        expect_root=row.root_mac if frozen else None)
         st.read_only = frozen
-        if frozen and row.get("root_mac") is None:
+        if frozen and row.root_mac is None:
             self._record_root(rec.rowid, st)         # released while nothing was mounted
         return st
 
@@ -231,9 +228,7 @@ class Daemon:
         """Keep the MAC of a frozen store as a whole in smp.db (once: a released store never changes)."""
         root = st.root_mac()
         if root is not None:
-            with self.smp.tx():
-                self.smp.conn.execute("UPDATE stores SET root_mac=? WHERE id=? AND root_mac IS NULL"
-                                      " AND status<>'capturing'", (root, rowid))
+            rows.keep_root_mac(self.smp, rowid, root)
 
     async def _freeze(self, rowid: int, st: StateStore) -> None:
         """Everything captured made durable as the store is frozen, then its root MAC kept."""
@@ -394,10 +389,10 @@ class Daemon:
             if not entry[1]:
                 del self._uid_slots[uid]
 
-    def _before_delete(self, row: dict) -> None:
+    def _before_delete(self, row: rows.StoreRow) -> None:
         """Called by retention just before a store's key and files go: stop
         serving it, drop its open files' cached pages, forget its keys."""
-        rec = self.catalog.stores.get(row["id"])
+        rec = self.catalog.stores.get(row.id)
         if rec is None or rec.status in GONE:
             return
         gone = StoreRec(**{**rec.__dict__, "status": "deleting"})
@@ -416,8 +411,8 @@ class Daemon:
         if cmd == "log_level":
             if uid != 0:
                 err = PermissionDenied("changing the log level is for the SMP admin (root)")
-                row = self.smp.query_one("SELECT name FROM computers WHERE uid=?", (uid,))
-                audit.record_failure(self.smp, uid, "log_level", err, computer=row["name"] if row else None)
+                c = rows.computer_by_uid(self.smp, uid)
+                audit.record_failure(self.smp, uid, "log_level", err, computer=c.name if c else None)
                 raise err
             level = str(args.get("level", "")).upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ..errors import MountError, NotMountedError, SmpError
+from ..lifecycle import rows
 from ..lifecycle.smp import DAEMON_FILE, Smp, daemon_alive, fuse_mounts
 from . import control
 
@@ -65,7 +66,7 @@ def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
     """Everything that can be checked before mounting, each with a clear error."""
     smp = Smp.open(state_dir, before_delete)
     smp.master_key()                                   # missing / unsafe key -> KeyFileError
-    row = smp.query_one("SELECT * FROM stores WHERE wrapped_key IS NOT NULL LIMIT 1")
+    row = rows.any_keyed_store(smp)
     if row is not None:
         smp.data_key(row)                              # a wrong master key -> KeyFileError
     if not os.path.exists("/dev/fuse"):

@@ -44,7 +44,7 @@ from pathlib import Path
 import trio
 
 from ..errors import MountError
-from ..lifecycle import computer, folder
+from ..lifecycle import computer, rows
 from ..lifecycle.smp import Smp
 
 log = logging.getLogger("smpfs.network.smb")
@@ -249,7 +249,7 @@ class SmbService:
         smp = Smp.open(self.state_dir)
         try:
             accounts = computer.smb_accounts(smp)
-            shares = [(f["share_name"], f["path"]) for f in folder.list_folders(smp)]
+            shares = [(f.share_name, f.path) for f in rows.live_folders(smp)]
             server = smp.setting("server")
         finally:
             smp.close()

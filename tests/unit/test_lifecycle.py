@@ -504,7 +504,7 @@ def test_access_table(status, src, dst, uid, expected):
 
 def test_before_delete_hook_sees_every_deletion(smp):
     seen = []
-    smp.before_delete = lambda row: seen.append((row["store_id"], row["status"]))
+    smp.before_delete = lambda row: seen.append((row.store_id, row.status))     # a rows.StoreRow
     side_by_side(smp)
     a = _restored(smp)
     call(smp, 0, "retention_run", at="+2d")
