@@ -38,12 +38,11 @@ def record(smp, uid, action: str, computer: str | None = None, store_id: str | N
     detail = {**getattr(smp, "audit_context", {}), **detail}
     text = _detail_json(detail)
     with smp.tx():
-        cur = smp.conn.execute(
-            "INSERT INTO audit (ts, uid, computer, action, store_id, outcome, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), uid, _clip(computer, MAX_FIELD), _clip(action, MAX_FIELD),
-             _clip(store_id, MAX_FIELD), outcome, text))
-        return cur.lastrowid
+        table = smp.db.table("audit")
+        table.insert({"ts": time.time(), "uid": uid, "computer": _clip(computer, MAX_FIELD),
+                      "action": _clip(action, MAX_FIELD), "store_id": _clip(store_id, MAX_FIELD),
+                      "outcome": outcome, "detail": text})
+        return table.last_rowid
 
 
 def _clip(value, n: int):
@@ -101,18 +100,18 @@ def _count_refusal(smp, uid: int, action: str) -> bool:
         if counter is None and len(recent) < REFUSALS_PER_WINDOW:
             return False
         if counter is None:
-            smp.conn.execute(
-                "INSERT INTO audit (ts, uid, computer, action, store_id, outcome, detail) "
-                "VALUES (?, ?, NULL, 'refusals', NULL, 'denied', ?)",
-                (now, uid, json.dumps({"count": 1, "last": now, "actions": {action[:MAX_FIELD]: 1},
-                                       "window_s": REFUSAL_WINDOW}, sort_keys=True)))
+            smp.db.table("audit").insert(
+                {"ts": now, "uid": uid, "computer": None, "action": "refusals", "store_id": None,
+                 "outcome": "denied", "detail": json.dumps({"count": 1, "last": now,
+                                                            "actions": {action[:MAX_FIELD]: 1},
+                                                            "window_s": REFUSAL_WINDOW}, sort_keys=True)})
             return True
         d = json.loads(counter["detail"])
         d["count"] += 1
         d["last"] = now
         if action in d["actions"] or len(d["actions"]) < 32:
             d["actions"][action[:MAX_FIELD]] = d["actions"].get(action[:MAX_FIELD], 0) + 1
-        smp.conn.execute("UPDATE audit SET detail=? WHERE id=?", (json.dumps(d, sort_keys=True), counter["id"]))
+        smp.db.table("audit").update(counter["id"], {"detail": json.dumps(d, sort_keys=True)})
     return True
 
 

@@ -99,15 +99,14 @@ def _insert(smp, name: str, uid: int, secret: str | None = None) -> None:
     """The computer's row, with ``secret`` or a fresh one (inside the caller's transaction)."""
     secret = secret if secret is not None else secretmod.new_secret()
     now = time.time()
-    smp.conn.execute("INSERT INTO computers (name, uid, created_at, secret_wrapped, secret_verifier,"
-                     " secret_set_at) VALUES (?,?,?,?,?,?)",
-                     (name, uid, now, secretmod.wrap_secret(smp.master_key(), name, secret),
-                      secretmod.make_verifier(secret), now))
+    smp.db.table("computers").insert({"name": name, "uid": uid, "created_at": now,
+                                      "secret_wrapped": secretmod.wrap_secret(smp.master_key(), name, secret),
+                                      "secret_verifier": secretmod.make_verifier(secret), "secret_set_at": now})
 
 
 def get(smp, name: str, missing_ok: bool = False) -> dict | None:
     check_name(name)
-    row = smp.query_one(f"SELECT {_PUBLIC} FROM computers WHERE name=?", (name,))
+    row = next(iter(smp.rows_where("computers", "name = ?", (name,), select=_PUBLIC)), None)
     if row is None and not missing_ok:
         raise UnknownComputer(f"unknown computer {name!r}",
                               f"an admin adds it with `smpfs computer add {name} --uid UID`")
@@ -115,11 +114,11 @@ def get(smp, name: str, missing_ok: bool = False) -> dict | None:
 
 
 def by_uid(smp, uid: int) -> dict | None:
-    return smp.query_one(f"SELECT {_PUBLIC} FROM computers WHERE uid=?", (uid,))
+    return next(iter(smp.rows_where("computers", "uid = ?", (uid,), select=_PUBLIC)), None)
 
 
 def list_computers(smp) -> list[dict]:
-    return smp.query(f"SELECT {_PUBLIC} FROM computers ORDER BY name")
+    return smp.rows_where("computers", select=_PUBLIC, order_by="name")
 
 
 def remove_computer(smp, name: str) -> dict:
@@ -131,7 +130,7 @@ def remove_computer(smp, name: str) -> dict:
         raise Conflict(f"computer {c['name']} is still in association(s): {pairs}",
                        "remove them first with `smpfs association remove SOURCE DEST`")
     with smp.tx():
-        smp.conn.execute("DELETE FROM computers WHERE name=?", (c["name"],))
+        smp.db.table("computers").delete_where("name = ?", (c["name"],))
     audit.record(smp, 0, "computer_remove", computer=c["name"], computer_uid=c["uid"])
     return c
 

@@ -98,17 +98,6 @@ class ComputerRow(_Row):
     secret_set_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class AssociationRow(_Row):
-    """A source -> destination pair (table ``associations``)."""
-    id: int
-    source: str
-    dest: str
-    migration_type: str
-    created_at: float
-    removed_at: float | None
-
-
 # -- reads -------------------------------------------------------------------------
 
 def live_folders(smp: Smp) -> list[FolderRow]:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
@@ -37,6 +37,9 @@ from . import folder as foldermod
 from .rows import StoreRow
 from .rows import share_name as share_of
 from .status import LIVE_SQL
+
+if TYPE_CHECKING:
+    from ..store.readonly import ReadOnlyDb
 
 DEFAULT_STATE_DIR = "/var/lib/smpfs"
 DB_FILE = "smp.db"
@@ -202,7 +205,7 @@ class Smp:
         #: layer sets e.g. {"via": "https", "address": "10.0.0.7"} on the
         #: connection it runs one remote call on.
         self.audit_context: dict = {}
-        self._read_only_db = None           # see open_read_only
+        self._read_only_db: ReadOnlyDb | None = None           # see open_read_only
 
     # -- creating and opening ------------------------------------------------
 
@@ -344,10 +347,12 @@ class Smp:
             return dict(r) if r else None
 
     def rows_where(self, table: str, where: str | None = None, params: Sequence[Any] = (), *,
-                   order_by: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+                   select: str = "*", order_by: str | None = None, limit: int | None = None
+                   ) -> list[dict[str, Any]]:
         """sqlite-utils' ``rows_where`` on ``table``, read whole under the connection's lock."""
         with self._lock:
-            return list(self.db.table(table).rows_where(where, params, order_by=order_by, limit=limit))
+            return list(self.db.table(table).rows_where(where, params, select=select, order_by=order_by,
+                                                        limit=limit))
 
     def get_row(self, table: str, pk: Any) -> dict[str, Any] | None:
         """The row of ``table`` with primary key ``pk`` (sqlite-utils' ``get``), or None."""
@@ -365,8 +370,9 @@ class Smp:
             return row[0]
         if name == "server":
             return socket.gethostname().split(".")[0].upper()
-        if name in DEFAULTS:
-            return DEFAULTS[name]
+        default = DEFAULTS.get(name)          # (server's None is computed above)
+        if default is not None:
+            return default
         raise KeyError(name)
 
     def set_setting(self, name: str, value) -> None:

@@ -86,7 +86,7 @@ def columns(smp, table: str) -> list[str]:
 
 
 @pytest.mark.parametrize("cls,table", [(rows.FolderRow, "folders"), (rows.StoreRow, "stores"),
-                                       (rows.AssociationRow, "associations"), (rows.ComputerRow, "computers")])
+                                       (rows.ComputerRow, "computers")])
 def test_each_row_field_is_a_column(smp, cls, table):
     fields = [f.name for f in dataclasses.fields(cls)]
     assert set(fields) <= set(columns(smp, table))
