@@ -84,6 +84,7 @@ class Daemon:
         self.admin_limiter = trio.CapacityLimiter(ADMIN_THREADS)
         self.retention_limiter = trio.CapacityLimiter(1)
         self._uid_slots: dict[int, list] = {}        # uid -> [Semaphore, users]
+        self._no_room: set[str] = set()              # stores whose last periodic commit found a full disk
         self._lock_fd = -1
         self._ready_fd = int(os.environ.pop("SMPFS_READY_FD", "-1"))
 
@@ -186,8 +187,11 @@ class Daemon:
 
     # -- the catalog ---------------------------------------------------------------
 
-    def refresh(self, changed: list[str] | None = None) -> None:
-        """Reload shares and stores from smp.db and act on what changed."""
+    def refresh(self, changed: list[str] | None = None) -> list[int]:
+        """Reload shares and stores from smp.db and act on what changed.
+        Returns the stores just frozen (released) whose captured data is still
+        to be made durable: the caller awaits :meth:`freeze` for each (a
+        release is acknowledged only once it is), or :meth:`freeze_later`."""
         shares = {}
         for f in rows.live_folders(self.smp):
             shares[f.id] = ShareRec(f.id, f.share, f.path,
@@ -200,12 +204,15 @@ class Daemon:
         self.catalog.shares = shares
         self.catalog.stores = stores
         if self.ops is None:
-            return
+            return []
+        frozen = []
         for rowid, rec in stores.items():
             before = old.get(rowid)
             if before is None or before.status == rec.status:
                 continue
-            self._status_changed(before, rec)
+            if self._status_changed(before, rec):
+                frozen.append(rowid)
+        return frozen
 
     def _open_store(self, rec: StoreRec) -> StateStore:
         row = rows.store_by_rowid(self.smp, rec.rowid)
@@ -230,25 +237,40 @@ class Daemon:
         if root is not None:
             rows.keep_root_mac(self.smp, rowid, root)
 
-    async def _freeze(self, rowid: int, st: StateStore) -> None:
-        """Everything captured made durable as the store is frozen, then its root MAC kept."""
-        await self.ops.stores.durable(st)
-        if st.db is not None:
-            self._record_root(rowid, st)
+    async def freeze(self, rowid: int) -> None:
+        """Everything captured made durable as the store is frozen, then its
+        root MAC kept. A failure is logged (the store stays changed, so the
+        commit timer tries again), never raised to the releasing client."""
+        st = self.ops.stores.open.get(rowid)
+        if st is None:
+            return
+        try:
+            await self.ops.stores.durable(st)
+            if st.db is not None:
+                self._record_root(rowid, st)
+        except Exception:
+            log.exception("making store %s… durable at its release failed", st.path.name[:12])
 
-    def _status_changed(self, before: StoreRec, rec: StoreRec) -> None:
+    def freeze_later(self, rowids: list[int]) -> None:
+        for rowid in rowids:
+            self.nursery.start_soon(self.freeze, rowid)
+
+    def _status_changed(self, before: StoreRec, rec: StoreRec) -> bool:
+        """Act on a store's new status; True if it was just frozen with
+        captured data not yet durable (see :meth:`refresh`)."""
         log.info("store %s…: %s -> %s", rec.store_id[:12], before.status, rec.status)
         st = self.ops.stores.open.get(rec.rowid)
         if rec.status in GONE:
             inodes = self.ops.handles.inodes_of(rec.rowid)
             self.ops.stores.close(rec.rowid, abandon=True)
             self._invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()))
-            return
+            return False
+        freeze = False
         if st is not None:
             if rec.status != "capturing" and not st.read_only:
                 # everything captured is made durable as it is frozen, and its root MAC kept
                 if self.nursery:
-                    self.nursery.start_soon(self._freeze, rec.rowid, st)
+                    freeze = True
                 else:
                     st.sync()
                     self._record_root(rec.rowid, st)
@@ -257,6 +279,7 @@ class Daemon:
         # store (no dirty pages: no writeback cache), so the next stat() or read()
         # of anything in it asks us, and the access table, again
         self._invalidate(set(self.ops.handles.inodes_of(rec.rowid)) | {join(rec.rowid, STORE_ROOT)})
+        return freeze
 
     def _invalidate(self, inodes, attr_only=False, entry=None) -> None:
         """Drop kernel caches from a worker thread (never inside a handler)."""
@@ -337,6 +360,14 @@ class Daemon:
                         await self.ops.stores.durable(st)
                     else:
                         st.commit()
+                    self._no_room.discard(st.path.name)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        log.exception("periodic commit of %s failed", st.path.name[:12])
+                    elif st.path.name not in self._no_room:       # once until it succeeds again
+                        self._no_room.add(st.path.name)
+                        log.warning("store %s…: no room to commit (its folder is full); the changes are "
+                                    "kept and committed when there is room", st.path.name[:12])
                 except Exception:
                     log.exception("periodic commit of %s failed", st.path.name[:12])
             if durable:
@@ -361,7 +392,7 @@ class Daemon:
                 except Exception:
                     log.exception("retention sweep failed")
                 finally:
-                    self.refresh()
+                    self.freeze_later(self.refresh())
 
     async def _in_worker(self, fn, *args, limiter, audit_context=None):
         """Run a lifecycle function in a worker thread (of ``limiter``'s pool) on
@@ -398,7 +429,7 @@ class Daemon:
         gone = StoreRec(**{**rec.__dict__, "status": "deleting"})
         self.catalog.stores[rec.rowid] = gone
         if self.ops is not None:
-            self._status_changed(rec, gone)
+            self._status_changed(rec, gone)          # gone: nothing to freeze
 
     # -- control commands ---------------------------------------------------------------
 
@@ -440,7 +471,8 @@ class Daemon:
             async with self._uid_slot(uid):
                 result = await self._in_worker(api.dispatch, uid, cmd, args, limiter=self.control_limiter,
                                                audit_context=audit_context)
-        self.refresh(result.get("changed_stores"))
+        for rowid in self.refresh(result.get("changed_stores")):
+            await self.freeze(rowid)                 # a release is acknowledged once durable
         self.wake_retention.set()
         for service in self.services:
             try:

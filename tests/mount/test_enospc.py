@@ -193,6 +193,7 @@ def _log(smp) -> str:
     return (smp.state / "smpfs.log").read_text()
 
 
+@pytest.mark.daemon_log(r"no room to commit \(its folder is full\)")
 def test_disk_filled_by_another_program(full_smp):
     """When something else fills the disk, changes fail with ENOSPC (not EIO),
     what is stored stays readable, and the store works again once there is room."""
