@@ -108,6 +108,9 @@ class OpenStores:
         for rowid, st in list(self.open.items()):
             if rowid in busy or st.inflight() or now - self.last_used.get(rowid, now) < max_idle:
                 continue
+            lock = self._durable_locks.get(id(st))
+            if lock is not None and lock.locked():     # a durable point is running in a worker
+                continue
             try:
                 self.close(rowid)
             except Exception:
