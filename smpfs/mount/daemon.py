@@ -12,7 +12,8 @@ mounting.py checks everything it can before starting it (``smpfs mount
 * the **services** it was given (the CLI composes the network layer's SMB and
   HTTPS services here; this layer does not know them): each is started with
   ``await nursery.start(service.run, daemon)`` before the mount says READY,
-  is told ``service.changed(cmd, result)`` after every lifecycle command, and
+  is told ``service.changed(cmd, result)`` after every lifecycle command (it
+  may return an awaitable, awaited before the command answers), and
   is stopped (``await service.stop()``) before the unmount. A service runs
   commands with :meth:`Daemon.call`, like the control socket does.
 """
@@ -476,7 +477,9 @@ class Daemon:
         self.wake_retention.set()
         for service in self.services:
             try:
-                service.changed(cmd, result)
+                follow = service.changed(cmd, result)
+                if follow is not None:
+                    await follow         # the change is served before the command answers
             except Exception:
                 log.exception("%s could not follow %s", type(service).__name__, cmd)
         return result

@@ -159,12 +159,16 @@ class SmbService:
         with trio.CancelScope(shield=True):
             await self._terminate()
 
-    def changed(self, cmd: str, result: dict) -> None:
+    def changed(self, cmd: str, result: dict):
+        """Samba follows computers, secrets and folders: returns the sync for
+        the daemon to await, so that `computer add` answers once the computer
+        can log on (None when nothing changed for Samba)."""
         if cmd == "computer_secret" and not result.get("rotated"):
-            return
+            return None
         if cmd in _FOLLOW and self.nursery is not None and not self.stopping:
             self.pending = True
-            self.nursery.start_soon(self._resync)
+            return self._resync()
+        return None
 
     # -- starting and stopping smbd ----------------------------------------------------
 
