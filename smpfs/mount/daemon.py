@@ -34,7 +34,7 @@ import pyfuse3
 import trio
 
 from ..crypto.keys import StoreKeys
-from ..errors import MountError, PermissionDenied, SmpError
+from ..errors import KeyFileError, MountError, PermissionDenied, SmpError
 from ..lifecycle import api, audit, retention, rows
 from ..lifecycle.smp import DAEMON_FILE, Smp, hold_daemon_lock
 from ..store.layout import ROOT as STORE_ROOT
@@ -220,7 +220,13 @@ class Daemon:
         folder = self.catalog.shares.get(rec.folder_id)
         if row is None or folder is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        keys = StoreKeys.from_data_key(rec.store_id, self.smp.data_key(row))
+        try:
+            data_key = self.smp.data_key(row)
+        except KeyFileError:
+            # the master key was rotated (by a worker's connection) since it was cached here
+            self.smp.forget_master_key()
+            data_key = self.smp.data_key(row)
+        keys = StoreKeys.from_data_key(rec.store_id, data_key)
         def on_reserve(limit: int, rowid=rec.rowid) -> None:
             rows.raise_nonce_hwm(self.smp, rowid, limit)
         frozen = rec.status != "capturing"
@@ -474,6 +480,8 @@ class Daemon:
                                                audit_context=audit_context)
         for rowid in self.refresh(result.get("changed_stores")):
             await self.freeze(rowid)                 # a release is acknowledged once durable
+        if cmd == "key_rotate":
+            self.smp.forget_master_key()             # rotated on a worker's connection: reread it
         self.wake_retention.set()
         for service in self.services:
             try:

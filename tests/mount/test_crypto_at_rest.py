@@ -456,8 +456,15 @@ def test_key_rotate_while_mounted_keeps_every_store_readable(msmp, comp_store):
     assert "rotated" in r.out
     assert (msmp.state / "master.key").read_bytes() != old_master
     assert msmp.as_uid(comp, lambda: open(f"{store}/kept", "rb").read()) == b"kept across a rotation"
+    # a store the daemon first opens after the rotation: its key is wrapped under the new master key
+    late = msmp.add_computer()
+    late_store = msmp.request_capture(late)
+    r = msmp.cli("key", "rotate")
+    msmp.as_uid(late, lambda: open(f"{late_store}/new", "wb").write(b"written after a rotation"))
+    assert msmp.as_uid(late, lambda: open(f"{late_store}/new", "rb").read()) == b"written after a rotation"
     msmp.umount()
     msmp.mount()                                     # the store opens with its key rewrapped
+    assert msmp.as_uid(late, lambda: open(f"{late_store}/new", "rb").read()) == b"written after a rotation"
     assert msmp.as_uid(comp, lambda: open(f"{store}/kept", "rb").read()) == b"kept across a rotation"
     after = msmp.cli("key", "show", comp.name, "--json").out
     assert json.loads(after)["recovery_key"] == json.loads(before)["recovery_key"]
