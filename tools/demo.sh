@@ -41,7 +41,7 @@ smpfs_as() {
     "$PY" - "$@" <<'EOF'
 import sys
 from smpfs import cli
-from smpfs import control            # noqa: F401 - imported while still root
+from smpfs.mount import control      # noqa: F401 - imported while still root
 from smpfs.testing import as_uid
 
 def run():

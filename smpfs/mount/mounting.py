@@ -108,12 +108,16 @@ def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, 
         return
     r, w = os.pipe()
     env = dict(os.environ, SMPFS_READY_FD=str(w))
-    cmd = [sys.executable, "-m", "smpfs", "--state", str(state_dir), "mount", str(mountpoint), "--foreground"]
+    # -P: nothing is imported from the working directory (`python -m` would put
+    # it first on sys.path: a `smpfs/` planted where root runs `smpfs mount`
+    # would run as root); and the daemon runs in / (it holds no directory busy)
+    cmd = [sys.executable, "-P", "-m", "smpfs", "--state", str(state_dir), "mount", str(mountpoint),
+           "--foreground"]
     if debug:
         cmd.append("--debug")
     logf = os.fdopen(os.open(state_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     os.fchmod(logf.fileno(), 0o600)           # the log names stores and computers: root's only
-    proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL, cwd="/",
                             stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
     os.close(w)
     logf.close()

@@ -14,6 +14,8 @@ import os
 import resource
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -310,3 +312,25 @@ def test_one_computer_cycling_captures_cannot_take_every_client_slot():
         store = smp.request_capture(d)
         smp.as_uid(d, (store / "state").write_bytes, b"y")
         assert json.loads(smp.cli("folder", "list", "--json").out)[0]["clients"] == 3
+
+
+def test_mounting_from_a_directory_a_user_planted_code_in_runs_none_of_it(smp):
+    """`python -m smpfs` puts the working directory first on sys.path: the
+    daemon root starts must not import a `smpfs` package a user left there."""
+    planted = smp.root / "planted"
+    planted.mkdir()
+    os.chown(planted, 47_222, 47_222)
+    marker = smp.root / "ran-as-root"
+    def plant(d, m):
+        os.makedirs(f"{d}/smpfs")
+        with open(f"{d}/smpfs/__init__.py", "w") as f:
+            f.write(f"open({m!r}, 'a').write('planted code ran')\n")
+        open(f"{d}/smpfs/__main__.py", "w").close()
+    smp.as_uid(47_222, plant, str(planted), str(marker))
+    smp.umount()
+    smpfs = os.path.join(os.path.dirname(sys.executable), "smpfs")
+    r = subprocess.run([smpfs, "--state", str(smp.state), "mount", str(smp.mountpoint)], cwd=planted,
+                       capture_output=True, text=True, timeout=60)
+    assert not marker.exists(), "the daemon imported code from the admin's working directory"
+    assert r.returncode == 0, r.stderr
+    assert smp.mounted
