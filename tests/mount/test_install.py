@@ -108,7 +108,7 @@ test "$before" = "$after" && echo NOTHING-LEFT
     assert "VERIFY-OK" in out and "VERIFY-BAD-PASSED" not in out
     assert "nowhere" in (work / "bad.txt").read_text()
     assert f"MOUNTED {work}/mnt" in out
-    assert re.search(r"/opt/smpfs/bin/python3? -m smpfs --state", out)    # the daemon: the installed smpfs
+    assert re.search(r"/opt/smpfs/bin/python3? -P -m smpfs --state", out)    # the daemon: the installed smpfs
     assert "SECOND-RUN-OK" in out and "NOTHING-LEFT" in out
 
 
