@@ -13,7 +13,7 @@ from .network import network_options, print_network
 
 @main.command()
 @click.option("--server", help="Server name used in UNC paths (default: this host's name).")
-@click.option("--folder", type=click.Path(file_okay=False), help="First storage folder (default: STATE/store).")
+@click.option("--folder", help="First storage folder, an absolute path (default: STATE/store).")
 @click.option("--max-clients", type=int, default=100, show_default=True,
               help="Maximum clients of that folder (1-99999).")
 @click.option("--min-free", default="500MB", show_default=True, help="Minimum free space: 500MB, 2GB or 10%.")
@@ -27,7 +27,7 @@ def init(obj, server, folder, max_clients, min_free, as_json):
       smpfs --state /var/lib/smpfs init --server SMP01 --folder /srv/smpstore --min-free 10%
     """
     require_admin("init")
-    smp = Smp.init(obj.state, server=server, folder=os.path.abspath(folder) if folder else None,
+    smp = Smp.init(obj.state, server=server, folder=folder,
                    max_clients=max_clients, min_free=min_free)
     try:
         f = rows.first_folder(smp)
@@ -85,18 +85,24 @@ def folder():
 
 
 @folder.command("add")
-@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("path")
 @click.option("--max-clients", type=int, default=100, show_default=True, help="Maximum clients (1-99999).")
 @click.option("--min-free", default="500MB", show_default=True, help="Minimum free space: 500MB, 2GB or 10%.")
 @json_option
 def folder_add(path, max_clients, min_free, as_json):
-    """Add a storage folder.
+    """Add a storage folder: an absolute path, created (0711, root) if missing.
+
+    Refused (exit 2): a relative path, /, a place on an smpfs mount, the state
+    directory or anything in or around it but STATE/store, a folder inside or
+    around another one, another SMP's folder, a folder others can write or swap.
 
     \b
     Example:
       smpfs folder add /srv/smpstore2 --max-clients 50 --min-free 10%
     """
-    r = run("folder_add", path=os.path.abspath(path), max_clients=max_clients, min_free=min_free)
+    # passed as given: nothing is looked at here (the path may be on a mount that must
+    # not be stat()ed), nor resolved against this directory (see lifecycle/placement.py)
+    r = run("folder_add", path=path, max_clients=max_clients, min_free=min_free)
     if want_json(as_json):
         return emit_json(r)
     click.echo(f"Added storage folder {r['path']} (share {r['share_name']})")

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import Conflict, NotFound, UsageError
 from ..store.layout import tree_bytes
 from ..units import format_size, parse_free
+from . import placement
 from .status import HOLDS_SLOT, LIVE_SQL, Status, sql_in
 
 
@@ -23,19 +24,27 @@ def _abspath(path) -> Path:
 
 
 def add_folder(smp, path, max_clients: int = 100, min_free: str = "500MB") -> dict:
-    """Add (or re-add) a storage folder; creates the directory (0711) if missing."""
+    """Add (or re-add) a storage folder; creates the directory (0711) if missing.
+
+    Where a folder may not be (its own mount, the state dir, another folder,
+    another SMP's, ``/``, a relative path, a place others can write or swap):
+    see placement.py; each is a :class:`UsageError` (exit 2) with a hint."""
     max_clients = check_max_clients(max_clients)
     min_free = str(min_free).strip()
     parse_free(min_free)                 # validate; kept as the admin wrote it
-    path = _abspath(path)
+    rows = smp.query("SELECT * FROM folders ORDER BY id")
+    raw = placement.check_absolute(path)
+    real, row = placement.check_placement(raw, smp.state_dir, rows, smp.mountpoint())
+    path = Path(real)
     if not path.parent.is_dir():
-        raise UsageError(f"cannot create storage folder {path}: {path.parent} does not exist")
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path} exists and is not a directory")
-    if not path.exists():
+        raise UsageError(f"cannot create storage folder {path}: {path.parent} does not exist",
+                         f"create {path.parent} first, or choose a folder in an existing directory")
+    placement.check_safe(raw, real)      # before creating anything: the parents, an existing folder
+    try:
         path.mkdir(mode=0o711)
         os.chmod(path, 0o711)            # whatever the umask: the SMP daemon traverses it
-    row = smp.query_one("SELECT * FROM folders WHERE path=?", (str(path),))
+    except FileExistsError:
+        placement.check_safe(raw, real)  # someone else's, made since: checked again
     with smp.tx():
         if row and row["removed_at"] is None:
             raise Conflict(f"{path} is already a storage folder",
@@ -117,6 +126,9 @@ def choose_folder(smp) -> tuple[dict | None, list[dict]]:
 def find_folder(smp, path) -> dict:
     row = smp.query_one("SELECT * FROM folders WHERE path=? AND removed_at IS NULL",
                         (str(_abspath(path)),))
+    if row is None and os.path.isabs(str(path)):      # through a symlink: folders are kept resolved
+        real, _ = placement.resolve(str(path), placement.smpfs_mounts())
+        row = smp.query_one("SELECT * FROM folders WHERE path=? AND removed_at IS NULL", (real,))
     if row is None:
         raise NotFound(f"{_abspath(path)} is not a storage folder", "see `smpfs folder list`")
     return row

@@ -34,6 +34,7 @@ from ..errors import KeyFileError, NotFound, StateDirError, UsageError
 from ..units import parse_free
 from . import audit
 from . import folder as foldermod
+from .placement import check_absolute, fuse_mounts
 from .rows import StoreRow
 from .rows import share_name as share_of
 from .status import LIVE_SQL
@@ -78,25 +79,6 @@ def hold_daemon_lock(state_dir) -> int:
         raise
     return fd
 
-
-def fuse_mounts() -> dict[str, str]:
-    """Mountpoint -> filesystem type of every FUSE mount this process sees
-    (from /proc/self/mountinfo: no stat(), which would hang on a dead or stuck mount)."""
-    out = {}
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                fstype = right.split()[0] if right else ""
-                if fstype.startswith("fuse"):
-                    out[_unescape(left.split()[4])] = fstype
-    except OSError:
-        pass
-    return out
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 #: Settings kept in ``meta`` and their defaults (None = computed, see :meth:`Smp.setting`).
 DEFAULTS = {"server": None, "restore_only": "0", "delete_after_s": "86400"}
@@ -222,6 +204,8 @@ class Smp:
             raise StateDirError(f"{state_dir} already holds an SMP",
                                 "use it as it is, or choose another --state directory")
         parse_free(min_free)                 # validate before creating anything
+        if folder is not None:
+            folder = check_absolute(folder)
         foldermod.check_max_clients(max_clients)
         if server:
             check_server_name(server)

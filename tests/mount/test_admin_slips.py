@@ -3,8 +3,11 @@ an unmount aimed at another SMP's mount, a storage folder in the wrong place.
 Each is detected, explained (exit code and hint) and cleared."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -70,3 +73,53 @@ def test_umount_with_another_smps_state_leaves_that_mount_alone(smp):
         assert smp.status()["mountpoint"] == str(smp.mountpoint)
         r = smp.cli("umount", str(smp.root / "nowhere"), check=False)
         assert r.code == 6 and f"mounted at {smp.mountpoint}" in r.err
+
+
+def _bounded(smp, *args, timeout: float = 30):
+    """``smpfs --state STATE --json ARGS`` as root in a process of its own, bounded:
+    (exit code, result or error object), or None if it did not answer in time."""
+    try:
+        r = subprocess.run([sys.executable, "-m", "smpfs", "--state", str(smp.state), "--json", *map(str, args)],
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    try:
+        return r.returncode, json.loads(r.stderr)["error"] if r.returncode else json.loads(r.stdout)
+    except ValueError:
+        return r.returncode, {"stdout": r.stdout, "stderr": r.stderr}
+
+
+def test_a_storage_folder_on_an_smpfs_mount_is_refused_without_a_hang(smp):
+    share = next(p.name for p in smp.mountpoint.iterdir())
+    (smp.root / "to-mount").symlink_to(smp.mountpoint)
+    stuck = False
+
+    def bounded(*args):
+        nonlocal stuck
+        got = _bounded(smp, *args)
+        if got is None:
+            stuck = True
+            pytest.fail(f"smpfs {' '.join(map(str, args))} did not answer in 30 s (the daemon waits on itself)")
+        return got
+
+    try:
+        with mounted() as other:
+            cases = [(smp.mountpoint / share / "new", "this SMP's own mount"),
+                     (smp.mountpoint, "this SMP's own mount"),
+                     (smp.root / "to-mount" / "x", "this SMP's own mount"),
+                     (other.mountpoint / "x", "another SMP's")]
+            for path, words in cases:
+                code, err = bounded("folder", "add", path)
+                assert code == 2 and err["class"] == "UsageError" and words in err["message"], (path, err)
+                assert "outside" in err["hint"], err
+            # nothing was recorded or created, and the daemon still serves
+            code, listed = bounded("folder", "list")
+            assert code == 0 and [f["path"] for f in listed] == [str(smp.state / "store")], listed
+            assert not (smp.mountpoint / share / "new").exists()
+            pc = smp.add_computer()
+            store = smp.request_capture(pc)
+            smp.as_uid(pc, lambda: (store / "f").write_bytes(b"still served"))
+            assert other.status()["mountpoint"] == str(other.mountpoint)
+    finally:
+        if stuck:          # a daemon waiting on its own mount: only ending the connection frees it
+            smp.kill()
