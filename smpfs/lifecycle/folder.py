@@ -39,12 +39,12 @@ def add_folder(smp, path, max_clients: int = 100, min_free: str = "500MB") -> di
     if not path.parent.is_dir():
         raise UsageError(f"cannot create storage folder {path}: {path.parent} does not exist",
                          f"create {path.parent} first, or choose a folder in an existing directory")
-    placement.check_safe(raw, real)      # before creating anything: the parents, an existing folder
+    placement.check_safe(raw, real, smp.state_dir)   # before creating anything: parents, an existing folder
     try:
         path.mkdir(mode=0o711)
         os.chmod(path, 0o711)            # whatever the umask: the SMP daemon traverses it
     except FileExistsError:
-        placement.check_safe(raw, real)  # someone else's, made since: checked again
+        placement.check_safe(raw, real, smp.state_dir)  # someone else's, made since: checked again
     with smp.tx():
         if row and row["removed_at"] is None:
             raise Conflict(f"{path} is already a storage folder",

@@ -234,9 +234,10 @@ def _holds_stores(path: str) -> bool:
     return False
 
 
-def unsafe_parent(real: str) -> str | None:
-    """The first directory above ``real`` that lets a user other than the SMP's
-    owner rename ``real`` (and put another directory in its place), if any."""
+def unsafe_parent(real: str, top: str = "/") -> str | None:
+    """The first directory above ``real``, up to ``top``, that lets a user other
+    than the SMP's owner rename ``real`` (and put another directory in its
+    place), if any."""
     me = os.geteuid()
     d = os.path.dirname(real)
     while True:
@@ -244,18 +245,21 @@ def unsafe_parent(real: str) -> str | None:
         writable = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0)
         if st.st_uid not in (0, me) or (writable and not st.st_mode & stat.S_ISVTX):
             return d
-        if d == "/":
+        if d in ("/", top):
             return None
         d = os.path.dirname(d)
 
 
-def check_safe(raw: str, real: str) -> None:
+def check_safe(raw: str, real: str, state_dir) -> None:
     """Refuse a folder that a user other than root (the SMP's owner) could write
-    to or swap for another: see :func:`unsafe_parent`."""
+    to or swap for another: see :func:`unsafe_parent`. The default folder,
+    STATE/store, is checked up to the state dir: where the state dir itself may
+    be is ``init``'s decision, not the folder's."""
     me = os.geteuid()
     owner = "root" if me == 0 else f"uid {me}"
+    state, _ = resolve(str(state_dir))
     try:
-        parent = unsafe_parent(real)
+        parent = unsafe_parent(real, state if real == os.path.join(state, DEFAULT_FOLDER) else "/")
         try:
             st = os.lstat(real)
         except FileNotFoundError:

@@ -140,6 +140,9 @@ def test_a_folder_others_can_write_is_refused(smp, tmp_path):
     os.chmod(opened, 0o777)
     refused(smp, opened / "f", "lets other users rename it")
     assert not (opened / "f").exists()
+    # the default folder is checked up to its state dir: where that may be is init's choice
+    Smp.init(opened / "state", server="SMP02").close()
+    assert stat.S_IMODE(os.stat(opened / "state" / "store").st_mode) == 0o711
     os.chmod(opened, 0o1777)                          # with the sticky bit (/tmp's) they cannot
     f = added(smp, opened / "f")
     st = os.stat(f["path"])
