@@ -130,6 +130,7 @@ class Daemon:
             if os.geteuid() == 0:
                 opts.add("allow_other")
             pyfuse3.init(self.ops, str(self.mountpoint), opts)
+            self.ops.pagecache.enable()
         except SmpError as e:
             self._tell_parent(f"ERROR {e.exit_code} {e}")
             raise
@@ -148,6 +149,7 @@ class Daemon:
             ok = True
         finally:
             try:
+                self.ops.pagecache.stop()        # before the session it pushes into goes
                 self._shutdown()
             finally:
                 pyfuse3.close(unmount=ok)
@@ -266,11 +268,13 @@ class Daemon:
         """Act on a store's new status; True if it was just frozen with
         captured data not yet durable (see :meth:`refresh`)."""
         log.info("store %s…: %s -> %s", rec.store_id[:12], before.status, rec.status)
+        self.ops.pagecache.store_changed(rec.rowid)      # no page pushed from here on is of before
         st = self.ops.stores.open.get(rec.rowid)
         if rec.status in GONE:
             inodes = self.ops.handles.inodes_of(rec.rowid)
             self.ops.stores.close(rec.rowid, abandon=True)
-            self._invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()))
+            self._invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()),
+                             rowid=rec.rowid)
             return False
         freeze = False
         if st is not None:
@@ -285,14 +289,18 @@ class Daemon:
         # who may see what changed: drop every cached attribute and page of the
         # store (no dirty pages: no writeback cache), so the next stat() or read()
         # of anything in it asks us, and the access table, again
-        self._invalidate(set(self.ops.handles.inodes_of(rec.rowid)) | {join(rec.rowid, STORE_ROOT)})
+        self._invalidate(set(self.ops.handles.inodes_of(rec.rowid)) | {join(rec.rowid, STORE_ROOT)},
+                         rowid=rec.rowid)
         return freeze
 
-    def _invalidate(self, inodes, attr_only=False, entry=None) -> None:
-        """Drop kernel caches from a worker thread (never inside a handler)."""
+    def _invalidate(self, inodes, attr_only=False, entry=None, rowid=None) -> None:
+        """Drop kernel caches from a worker thread (never inside a handler);
+        with ``rowid``, once no page of that store is being pushed."""
         if self.nursery is None:
             return
         def work():
+            if rowid is not None:
+                self.ops.pagecache.quiesce(rowid)
             for ino in inodes:
                 try:
                     pyfuse3.invalidate_inode(ino, attr_only=attr_only)
@@ -445,6 +453,7 @@ class Daemon:
             reply = {"pid": os.getpid(), "mountpoint": str(self.mountpoint)}
             if uid == 0:                     # what the kernel asked, by kind (what caching saves)
                 reply["requests"] = dict(OP_COUNTS)
+                reply["pages_pushed_bytes"] = self.ops.pagecache.pushed
             return reply
         if cmd == "log_level":
             if uid != 0:

@@ -21,6 +21,7 @@ class Handle:
     gid: int
     writable: bool
     suid: bool = False    # setuid/setgid bits to clear on the next write
+    direct: bool = False  # opened with O_DIRECT: reads bypass the page cache
 
 
 class Handles:
@@ -65,9 +66,11 @@ class Handles:
 
     # -- handles -------------------------------------------------------------------
 
-    def open_file(self, inode: int, uid: int, gid: int, writable: bool, mode: int = 0) -> int:
+    def open_file(self, inode: int, uid: int, gid: int, writable: bool, mode: int = 0,
+                  direct: bool = False) -> int:
         fh = self._new_fh()
-        self.files[fh] = Handle(inode, uid, gid, writable, bool(mode & (stat.S_ISUID | stat.S_ISGID)))
+        self.files[fh] = Handle(inode, uid, gid, writable, bool(mode & (stat.S_ISUID | stat.S_ISGID)),
+                                direct)
         self.opens[inode] = self.opens.get(inode, 0) + 1
         return fh
 

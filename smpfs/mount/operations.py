@@ -34,6 +34,7 @@ from .checks import Checks
 from .guard import handler, no_reply
 from .handles import Handle, Handles
 from .inodes import SHARE_BASE, STUB, join, split, stub_entry, virtual_entry
+from .pagecache import PageCachePush
 from .perms import CAP_FSETID, REACH, Perms, R, W, X, access_want
 from .stores import NO_BLOCKS, OpenStores
 from .virtual import VirtualDirs
@@ -42,6 +43,7 @@ from .writeback import Writeback
 log = logging.getLogger("smpfs.mount.operations")
 
 THREAD_READ = 64 << 10       # reads decrypting this much or more go to a worker thread
+PUSH_READ = 32 << 10         # reads smaller than this push the rest of their chunk to the page cache
 FMODE_EXEC = 0x20            # in open()'s flags when the kernel opens a file to execute it
 
 
@@ -79,6 +81,7 @@ class SmpOperations(pyfuse3.Operations):
         self.perms = Perms()
         self.chk = Checks(catalog, self.perms)
         self.read_limiter = trio.CapacityLimiter(4)     # disk reads overlap; decryption releases the GIL
+        self.pagecache = PageCachePush()
 
     # -- helpers ------------------------------------------------------------------
 
@@ -185,10 +188,7 @@ class SmpOperations(pyfuse3.Operations):
             if h is None:                                     # truncate(2) by path: write permission
                 self.chk.may(ctx, rowid, local, st, W)
             if attr.st_size != a.size:
-                st.flush_inode(local)
-                await self.wb.drain(st, local)
-                st.truncate(local, attr.st_size, keep_privs=c.has(CAP_FSETID))
-                self.perms.drop(inode)
+                await self._truncate(st, inode, attr.st_size, c.has(CAP_FSETID))
         before = self.chk.pattr(rowid, local, st)
         a = st.setattr(local, **kw)
         e = self.chk.entry(rowid, a)
@@ -365,13 +365,28 @@ class SmpOperations(pyfuse3.Operations):
         c = self.chk.may(ctx, rowid, local, st, want)
         privs = a.mode & (stat.S_ISUID | stat.S_ISGID)
         keep = bool(writable and privs) and self.perms.full(ctx, c.alias).has(CAP_FSETID)
+        if writable:                    # until its release, no page of it is pushed (pagecache.py)
+            await self.pagecache.changing(inode)
         if flags & os.O_TRUNC:          # POSIX: marks mtime even if the file is empty
+            try:
+                await self._truncate(st, inode, 0, keep)
+            except BaseException:
+                self.pagecache.changed(inode)
+                raise
+        fh = self.handles.open_file(inode, ctx.uid, ctx.gid, writable, 0 if keep else a.mode,
+                                    direct=bool(flags & os.O_DIRECT))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def _truncate(self, st: StateStore, inode: int, size: int, keep_privs: bool) -> None:
+        local = split(inode)[1]
+        await self.pagecache.changing(inode)
+        try:
             st.flush_inode(local)
             await self.wb.drain(st, local)
-            st.truncate(local, 0, keep_privs=keep)
-            self.perms.drop(inode)
-        fh = self.handles.open_file(inode, ctx.uid, ctx.gid, writable, 0 if keep else a.mode)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+            st.truncate(local, size, keep_privs=keep_privs)
+        finally:
+            self.pagecache.changed(inode)
+        self.perms.drop(inode)
 
     @handler
     async def create(self, parent, name, mode, flags, ctx):
@@ -384,7 +399,9 @@ class SmpOperations(pyfuse3.Operations):
         entry = self.handles.counted(self.chk.entry_under(rowid, local, st, a, ctx.uid))
         keep = bool(a.mode & (stat.S_ISUID | stat.S_ISGID)) and \
             self.perms.full(ctx, self.chk.alias(rowid, ctx.uid)).has(CAP_FSETID)
-        fh = self.handles.open_file(entry.st_ino, ctx.uid, ctx.gid, True, 0 if keep else a.mode)
+        await self.pagecache.changing(entry.st_ino)
+        fh = self.handles.open_file(entry.st_ino, ctx.uid, ctx.gid, True, 0 if keep else a.mode,
+                                    direct=bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry
 
     @handler
@@ -395,9 +412,14 @@ class SmpOperations(pyfuse3.Operations):
             big = sum(p.n for p in parts if not isinstance(p, (bytes, bytearray))) >= THREAD_READ
             if big:
                 return await trio.to_thread.run_sync(st.fetch, parts, limiter=self.read_limiter)
-            return st.fetch(parts)
+            if h.direct or size >= PUSH_READ:
+                return st.fetch(parts)
+            chunks: list = []
+            data = st.fetch(parts, chunks)
         finally:
             st.unpin(parts)
+        self.pagecache.offer_rest(h.ino, split(h.ino)[0], chunks, off, size)   # the rest of the chunk
+        return data
 
     @handler
     async def write(self, fh, off, buf):
@@ -447,6 +469,8 @@ class SmpOperations(pyfuse3.Operations):
         h = self.handles.close_file(fh)
         if h is None:
             return
+        if h.writable:
+            self.pagecache.changed(h.ino)
         st, local = self._open_store_of(h.ino)
         if st is None:
             return

@@ -276,8 +276,10 @@ class BlocksMixin(StoreParts):
             pos += n
         return parts
 
-    def fetch(self, parts: list) -> bytes:
-        """Read and decrypt a plan's parts. Thread-safe: touches no sqlite."""
+    def fetch(self, parts: list, chunks: list | None = None) -> bytes:
+        """Read and decrypt a plan's parts. Thread-safe: touches no sqlite.
+        With ``chunks``, the whole chunks decrypted are added to it as
+        ``(file offset, plaintext)``."""
         out = []
         for p in parts:
             if not isinstance(p, ReadPart):
@@ -307,6 +309,8 @@ class BlocksMixin(StoreParts):
                 plain = chunk.decrypt_chunks(aead, self.sid, p.ino, p.blkno, nonce_ctr, p.length, p.first, raw)
             except chunk.BlockAuthError as e:
                 raise err(errno.EIO, str(e))
+            if chunks is not None:
+                chunks.append((p.blkno * BLOCK_SIZE + p.first * chunk.CHUNK_SIZE, memoryview(plain)))
             piece = memoryview(plain)[p.start:p.start + p.n]
             out.append(piece if len(piece) == p.n else bytes(piece) + bytes(p.n - len(piece)))
         return out[0] if len(out) == 1 else b"".join(out)
