@@ -135,3 +135,17 @@ class AuthenticationFailed(OSError, IntegrityError):  # type: ignore[misc]  # er
         self.hint = self.default_hint
 
     __str__ = OSError.__str__
+
+
+def smp_error_in(e: BaseException) -> SmpError | None:
+    """The SmpError ``e`` is or carries: trio's nurseries wrap what a task raised
+    in an ExceptionGroup (with the Cancelled of its siblings), which must reach
+    a user as that error, not as a bug."""
+    if isinstance(e, SmpError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            found = smp_error_in(sub)
+            if found is not None:
+                return found
+    return None

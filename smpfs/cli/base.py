@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import click
 
 from .. import __version__
-from ..errors import NotMountedError, PermissionDenied, SmpError, UsageError
+from ..errors import NotMountedError, PermissionDenied, SmpError, UsageError, smp_error_in
 from ..lifecycle import api
 from ..lifecycle.smp import DEFAULT_STATE_DIR, Smp, resolve_state_dir
 from ..units import format_duration, format_size
@@ -52,8 +52,8 @@ def report_error(e: SmpError, as_json: bool) -> None:
 def to_smp_error(e: BaseException, command: str = "COMMAND") -> SmpError | None:
     """What reaches a user for any exception: click's usage errors, aborts, an
     OSError nobody translated, or a bug (named, but never as a traceback)."""
-    if isinstance(e, SmpError):
-        return e
+    if smp_error_in(e) is not None:
+        return smp_error_in(e)
     if isinstance(e, click.exceptions.NoSuchOption | click.exceptions.BadParameter | click.exceptions.UsageError):
         return UsageError(e.format_message(), f"see `smpfs {command} --help` for the arguments and an example")
     if isinstance(e, click.ClickException):

@@ -33,11 +33,20 @@ def print_network(r: dict) -> None:
     """The SMB and HTTPS lines of ``smpfs config`` and ``smpfs status``."""
     smb, http = r.get("smb") or {}, r.get("http") or {}
     click.echo(f"smb:           {'port ' + str(smb['port']) if smb.get('port') else 'off'}"
-               + (f" on {smb['address']}" if smb.get("port") and smb.get("address") not in (None, "0.0.0.0") else ""))
-    click.echo(f"https:         {http.get('url') or 'off'}")
+               + (f" on {smb['address']}" if smb.get("port") and smb.get("address") not in (None, "0.0.0.0") else "")
+               + (_down(smb) if smb.get("port") else ""))
+    click.echo(f"https:         {http.get('url') or 'off'}" + (_down(http) if http.get("url") else ""))
     if http.get("url"):
         click.echo(f"  certificate: {http.get('certificate')}")
         click.echo(f"  sha256:      {http.get('sha256') or '(not made yet)'}")
+
+
+def _down(service: dict) -> str:
+    """What the mounted daemon says of a configured service that does not serve
+    now (``status`` only: ``config`` and an unmounted SMP say nothing of it)."""
+    if service.get("serving") is False:
+        return f"  NOT SERVED: {service.get('problem') or 'down'}"
+    return ""
 
 
 def network_options(fn):

@@ -14,8 +14,12 @@ mounting.py checks everything it can before starting it (``smpfs mount
   ``await nursery.start(service.run, daemon)`` before the mount says READY,
   is told ``service.changed(cmd, result)`` after every lifecycle command (it
   may return an awaitable, awaited before the command answers), and
-  is stopped (``await service.stop()``) before the unmount. A service runs
-  commands with :meth:`Daemon.call`, like the control socket does.
+  is stopped (``await service.stop()``) before the unmount (and started again,
+  ``services_start``, if the unmount then fails: the mount was busy). A service
+  runs commands with :meth:`Daemon.call`, like the control socket does, and
+  says whether it serves (``service.health()``: ``serving``, ``problem``),
+  which ``status`` adds under ``service.status_key``. A service that fails to
+  start before READY fails the mount, which is then unmounted cleanly.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import pyfuse3
 import trio
 
 from ..crypto.keys import StoreKeys
-from ..errors import KeyFileError, MountError, PermissionDenied, SmpError
+from ..errors import KeyFileError, MountError, PermissionDenied, SmpError, smp_error_in
 from ..lifecycle import api, audit, retention, rows
 from ..lifecycle.smp import DAEMON_FILE, Smp, hold_daemon_lock
 from ..store.layout import ROOT as STORE_ROOT
@@ -87,7 +91,12 @@ class Daemon:
         self._uid_slots: dict[int, list] = {}        # uid -> [Semaphore, users]
         self._no_room: set[str] = set()              # stores whose last periodic commit found a full disk
         self._lock_fd = -1
+        self._ready = False             # told the parent READY: served from then on
         self._ready_fd = int(os.environ.pop("SMPFS_READY_FD", "-1"))
+
+    def _tell_parent_error(self, e: SmpError) -> None:
+        """The error `smpfs mount` (the parent) reports: its message and hint apart."""
+        self._tell_parent(f"ERROR {e.exit_code} " + json.dumps({"message": e.message, "hint": e.hint}))
 
     def _tell_parent(self, msg: str) -> None:
         if self._ready_fd >= 0:
@@ -132,10 +141,10 @@ class Daemon:
             pyfuse3.init(self.ops, str(self.mountpoint), opts)
             self.ops.pagecache.enable()
         except SmpError as e:
-            self._tell_parent(f"ERROR {e.exit_code} {e}")
+            self._tell_parent_error(e)
             raise
         except Exception as e:
-            self._tell_parent(f"ERROR 5 {type(e).__name__}: {e}")
+            self._tell_parent_error(MountError(f"{type(e).__name__}: {e}", f"see {self.state_dir / LOG_FILE}"))
             raise
         self.smp.set_dirty(True)
         (self.state_dir / DAEMON_FILE).write_text(json.dumps(
@@ -147,6 +156,19 @@ class Daemon:
         try:
             trio.run(self._main)
             ok = True
+        except BaseException as e:
+            if self._ready:
+                raise
+            # failed before READY (a network service could not start): nothing
+            # was served yet, so unmount cleanly rather than leave a dead mount,
+            # and report the error itself (trio wraps it in an ExceptionGroup)
+            ok = True
+            err = smp_error_in(e) or MountError(f"{type(e).__name__}: {e}", f"see {self.state_dir / LOG_FILE}")
+            if smp_error_in(e) is None:
+                log.exception("starting the mount failed")
+            log.error("not mounted: %s", err.message)
+            self._tell_parent_error(err)
+            raise err from None
         finally:
             try:
                 self.ops.pagecache.stop()        # before the session it pushes into goes
@@ -322,15 +344,12 @@ class Daemon:
             await nursery.start(self.ops.wb.run)
             await nursery.start(control.serve, self.state_dir / control.SOCKET_NAME, self._command)
             for service in self.services:
-                try:
-                    await nursery.start(service.run, self)
-                except SmpError as e:
-                    self._tell_parent(f"ERROR {e.exit_code} {e}")
-                    raise
+                await nursery.start(service.run, self)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._commit_timer)
             nursery.start_soon(self._retention_timer)
             nursery.start_soon(self._after_init)
+            self._ready = True
             self._tell_parent("READY")
             sd_notify("READY=1\nSTATUS=serving " + str(self.mountpoint))
             await pyfuse3.main()
@@ -475,7 +494,34 @@ class Daemon:
                 raise PermissionDenied("stopping the network services is for the SMP admin (root)")
             await self._stop_services()
             return {"stopped": [type(s).__name__ for s in self.services]}
-        return await self.call(uid, cmd, args)
+        if cmd == "services_start":
+            if uid != 0:
+                raise PermissionDenied("starting the network services is for the SMP admin (root)")
+            return {"started": await self._start_services()}
+        result = await self.call(uid, cmd, args)
+        if cmd == "status":
+            self._service_health(result)
+        return result
+
+    async def _start_services(self) -> list[str]:
+        """Start again the services a failed unmount had stopped (``smpfs umount``)."""
+        started = []
+        for service in self.services:
+            if service.health().get("serving"):
+                continue
+            await self.nursery.start(service.run, self)      # its SmpError reaches the caller
+            started.append(type(service).__name__)
+        return started
+
+    def _service_health(self, result: dict) -> None:
+        """Whether each service serves now (``smpfs status`` shows it)."""
+        for service in self.services:
+            key = getattr(service, "status_key", None)
+            if key and isinstance(result.get(key), dict):
+                try:
+                    result[key].update(service.health())
+                except Exception:
+                    log.exception("%s could not tell its state", type(service).__name__)
 
     async def call(self, uid: int, cmd: str, args: dict, audit_context: dict | None = None) -> dict:
         """Run a lifecycle command for ``uid`` (api.dispatch) and act on what it changed;

@@ -125,10 +125,17 @@ def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, 
         msg = pipe.read().decode(errors="replace").strip()
     if msg == "READY":
         return
-    code = proc.wait(timeout=30) if proc.poll() is None and not msg else proc.poll()
+    try:                   # the daemon unmounts what it mounted before it exits
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        code = None
     if msg.startswith("ERROR "):
         _, exit_code, text = msg.split(" ", 2)
-        e = MountError(text)
+        try:
+            told = json.loads(text)
+            e = MountError(told["message"], told.get("hint"))
+        except (ValueError, KeyError, TypeError):
+            e = MountError(text, f"see {state_dir / LOG_FILE}")
         e.exit_code = int(exit_code)
         raise e
     raise MountError(f"the smpfs daemon exited ({code}) before the mount was ready",
@@ -157,17 +164,25 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> str:
                                   + (f", or unmount this one: smpfs umount {live}" if live else ""))
         raise NotMountedError(f"{mountpoint} is not mounted ({where})",
                               f"unmount this SMP with: smpfs umount {live}" if live else None)
+    stopped = False
     try:                    # network services hold the mount busy while they serve
-        control.call(state_dir, "services_stop", timeout=60)
+        stopped = bool(control.call(state_dir, "services_stop", timeout=60).get("stopped"))
     except SmpError:
         pass
     r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if r.returncode != 0:
         err = r.stderr.strip()
+        # still mounted: what it served on the network is served again
+        again = ""
+        if stopped:
+            try:
+                control.call(state_dir, "services_start", timeout=60)
+            except SmpError as e:
+                again = f"; its network services could not be started again: {e.message}"
         if "busy" in err.lower():
-            raise MountError(f"{mountpoint} is busy: a process still uses it",
+            raise MountError(f"{mountpoint} is busy: a process still uses it (it stays mounted{again})",
                              f"find it with: fuser -vm {mountpoint}")
-        raise MountError(f"unmounting {mountpoint} failed: {err}")
+        raise MountError(f"unmounting {mountpoint} failed: {err}{again}")
     deadline = time.monotonic() + timeout
     while daemon_alive(state_dir):           # the kernel drops the daemon's lock when it exits
         if time.monotonic() > deadline:

@@ -69,6 +69,9 @@ class HttpError(Exception):
 class HttpsService:
     """The HTTPS endpoint, run inside the mount daemon (see smpfs.mount.daemon)."""
 
+    #: where ``smpfs status`` shows this service (see :meth:`health`)
+    status_key = "http"
+
     def __init__(self, address: str, port: int, cert, key, smb_port: int | None = None):
         self.address, self.port = address, port
         self.cert, self.key = str(cert), str(key)
@@ -79,6 +82,8 @@ class HttpsService:
         self.per_address: Counter = Counter()
         self.listen_port: int | None = None
         self.calls = trio.CapacityLimiter(MAX_CALLS)
+        self.serving = False
+        self.done: trio.Event | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -88,6 +93,13 @@ class HttpsService:
 
     async def run(self, host, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host = host
+        self.done = trio.Event()
+        try:
+            await self._run(task_status)
+        finally:
+            self.done.set()
+
+    async def _run(self, task_status) -> None:
         try:
             listeners = await trio.open_ssl_over_tcp_listeners(
                 self.port, self.ssl_context(), host=self.address, https_compatible=True)
@@ -96,13 +108,28 @@ class HttpsService:
                              "pick another port with `smpfs config --http ADDR:PORT`, or turn it off")
         self.listen_port = listeners[0].transport_listener.socket.getsockname()[1]
         log.info("serving HTTPS on %s:%d", self.address, self.listen_port)
-        with trio.CancelScope() as self.scope:
-            task_status.started()
-            await trio.serve_listeners(self._connection, listeners)
+        try:
+            with trio.CancelScope() as self.scope:
+                self.serving = True
+                task_status.started()
+                await trio.serve_listeners(self._connection, listeners)
+        finally:
+            self.serving = False
+            for listener in listeners:           # the port is free when stop() returns
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
 
     async def stop(self) -> None:
+        self.serving = False
         if self.scope is not None:
             self.scope.cancel()
+        if self.done is not None:
+            with trio.CancelScope(shield=True):
+                await self.done.wait()
+
+    def health(self) -> dict:
+        """For ``smpfs status``: whether the endpoint serves now."""
+        return {"serving": self.serving, "problem": None if self.serving else "stopped"}
 
     def changed(self, cmd: str, result: dict) -> None:
         pass

@@ -57,6 +57,13 @@ _RUN_DIRS = ("lock", "state", "cache", "pid", "ncalrpc")
 RUNTIME_BASES = ("/run", "/dev/shm")
 #: lifecycle commands after which the passdb or the shares may differ
 _FOLLOW = {"computer_add", "computer_remove", "computer_secret", "folder_add", "folder_remove", "config"}
+#: smbd dying while mounted: restarted after RESTART_DELAY s, then twice as long
+#: each time up to RESTART_DELAY_MAX, at most RESTARTS times in a row (a run of
+#: STABLE_S seconds starts a new series); then SMB stays down until a remount
+RESTARTS = 5
+RESTART_DELAY = 2.0
+RESTART_DELAY_MAX = 30.0
+STABLE_S = 60.0
 NSS_WRAPPER_GLOBS = ("/usr/lib/*/libnss_wrapper.so", "/usr/lib64/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so")
 
 
@@ -93,8 +100,53 @@ def find_tool(name: str) -> str:
     return path
 
 
+def check_port_free(address: str, port: int) -> None:
+    """MountError at once if another process listens on ``address:port``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address or "0.0.0.0", port))
+        except OSError as e:
+            raise MountError(f"cannot serve SMB on {address}:{port}: {e.strerror}",
+                             f"another process uses the port (ss -ltnp 'sport = :{port}' names it): stop it, "
+                             "or pick another port with `smpfs config --smb-port [ADDR:]PORT`") from None
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds a socket listening on TCP ``port``
+    (/proc/net/tcp{,6} of this network namespace, and the process's fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except OSError:
+            continue
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 class SmbService:
     """smbd serving the mount's shares, run inside the mount daemon."""
+
+    #: where ``smpfs status`` shows this service (see :meth:`health`)
+    status_key = "smb"
 
     def __init__(self, state_dir, address: str, port: int):
         self.state_dir = Path(state_dir)
@@ -111,6 +163,8 @@ class SmbService:
         self.env: dict = {}
         self.lock = trio.Lock()
         self.pending = False
+        self.problem: str | None = "not started"     # why SMB is not served now (None: it is)
+        self.started_at = 0.0
 
     @property
     def conf(self) -> Path:
@@ -119,38 +173,29 @@ class SmbService:
     # -- the service interface (smpfs.mount.daemon) ---------------------------------
 
     async def run(self, host, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Start smbd and return (task_status) once smbd itself listens; then
+        watch it, restarting it (at most RESTARTS times in a row, waiting longer
+        each time) if it dies; until :meth:`stop`."""
         self.mountpoint = Path(host.mountpoint)
-        smbd = find_tool("smbd")
+        self.stopping = False
+        self.problem = None
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": find_nss_wrapper(),
                     "NSS_WRAPPER_PASSWD": str(self.dir / "passwd"), "NSS_WRAPPER_GROUP": str(self.dir / "group"),
                     "LANG": "C"}
         await trio.to_thread.run_sync(self._prepare)
-        logf = open(self.dir / "log" / "smbd.out", "ab")
-        try:
-            # started from the daemon's main thread (not trio's worker threads, which
-            # come and go): PR_SET_PDEATHSIG follows the thread that forked
-            self.proc = subprocess.Popen(
-                [smbd, "-s", str(self.conf), "--foreground", "--no-process-group"],
-                env=self.env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                start_new_session=True, preexec_fn=_die_with_parent)
-        finally:
-            logf.close()
         try:
             with trio.CancelScope() as self.scope:
-                await self._wait_listening()
-                log.info("serving SMB on %s:%d (smbd pid %d)", self.address, self.port, self.proc.pid)
+                await self._start()
                 async with trio.open_nursery() as self.nursery:
                     task_status.started()
-                    while self.proc.poll() is None:
-                        await trio.sleep(0.5)
-                    if not self.stopping:
-                        log.error("smbd exited (%s); SMB is no longer served: see %s",
-                                  self.proc.returncode, self.dir / "log")
+                    await self._watch()
                     self.nursery.cancel_scope.cancel()
         finally:
             self.nursery = None
             with trio.CancelScope(shield=True):
                 await self._terminate()
+            if self.stopping:
+                self.problem = "stopped"
 
     async def stop(self) -> None:
         self.stopping = True
@@ -170,26 +215,94 @@ class SmbService:
             return self._resync()
         return None
 
+    def health(self) -> dict:
+        """For ``smpfs status``: whether smbd serves now, and if not, why."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None and self.problem is None:
+            return {"serving": True, "pid": proc.pid, "problem": None}
+        problem = self.problem or (f"smbd exited ({proc.returncode})" if proc is not None else "not started")
+        return {"serving": False, "pid": None, "problem": problem}
+
     # -- starting and stopping smbd ----------------------------------------------------
 
+    async def _start(self) -> None:
+        """Start smbd; return once it listens on the port itself (MountError if not)."""
+        check_port_free(self.address, self.port)
+        await trio.to_thread.run_sync(self._make_run_dir)
+        smbd = find_tool("smbd")
+        logf = open(self.dir / "log" / "smbd.out", "ab")
+        try:
+            # started from the daemon's main thread (not trio's worker threads, which
+            # come and go): PR_SET_PDEATHSIG follows the thread that forked
+            self.proc = subprocess.Popen(
+                [smbd, "-s", str(self.conf), "--foreground", "--no-process-group"],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        finally:
+            logf.close()
+        try:
+            await self._wait_listening()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._terminate()
+            raise
+        self.started_at = trio.current_time()
+        self.problem = None
+        log.info("serving SMB on %s:%d (smbd pid %d)", self.address, self.port, self.proc.pid)
+
+    async def _watch(self) -> None:
+        """Wait for smbd to exit; unless stopping, restart it with a growing delay."""
+        failures = 0
+        while True:
+            while self.proc is not None and self.proc.poll() is None:
+                await trio.sleep(0.5)
+            if self.stopping:
+                return
+            if self.proc is not None:
+                rc = self.proc.returncode
+                with trio.CancelScope(shield=True):
+                    await self._terminate()              # what it forked goes too
+                if trio.current_time() - self.started_at >= STABLE_S:
+                    failures = 0                         # it served a while: a fresh series of restarts
+                why = f"smbd exited ({rc})"
+            failures += 1
+            if failures > RESTARTS:
+                self.problem = f"{why}; gave up after {RESTARTS} restarts"
+                log.error("%s: SMB is no longer served (see %s); remount to try again", self.problem,
+                          self.dir / "log")
+                return
+            delay = min(RESTART_DELAY * 2 ** (failures - 1), RESTART_DELAY_MAX)
+            self.problem = f"{why}; restarting it in {delay:.0f}s"
+            log.error("%s: SMB is not served (see %s); restarting it in %.0fs (%d of %d)",
+                      why, self.dir / "log", delay, failures, RESTARTS)
+            await trio.sleep(delay)
+            try:
+                await self._start()
+            except MountError as e:
+                why = e.message
+                log.error("restarting smbd failed: %s", e.message)
+
+    def _make_run_dir(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)          # nothing of a previous smbd
+        self.run_dir.mkdir(mode=0o700, parents=True)
+        for d in _RUN_DIRS:
+            (self.run_dir / d).mkdir(mode=0o700)
+
     async def _wait_listening(self, timeout: float = 20.0) -> None:
-        addr = "127.0.0.1" if self.address in ("0.0.0.0", "") else ("::1" if self.address == "::" else self.address)
+        """Until smbd's own process listens on the port: another process that
+        answers there (the port taken) is not smbd serving."""
         deadline = trio.current_time() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise MountError(f"smbd exited ({self.proc.returncode}) before serving SMB on port {self.port}: "
                                  f"{_tail(self.dir / 'log' / 'smbd.out')}{_tail(self.dir / 'log' / 'smbd.log')}",
                                  "is the port in use? pick another with `smpfs config --smb-port PORT`")
-            try:
-                s = trio.socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-                with s:
-                    await s.connect((addr, self.port))
+            if await trio.to_thread.run_sync(listens, self.proc.pid, self.port):
                 return
-            except OSError:
-                pass
             if trio.current_time() > deadline:
                 raise MountError(f"smbd did not start serving port {self.port} within {timeout:.0f}s",
-                                 f"see {self.dir / 'log'}")
+                                 f"is another process listening there (ss -ltnp 'sport = :{self.port}')? "
+                                 f"see also {self.dir / 'log'}")
             await trio.sleep(0.05)
 
     async def _terminate(self) -> None:
@@ -235,10 +348,7 @@ class SmbService:
         os.chmod(self.dir, 0o700)
         for d in _DIRS:
             (self.dir / d).mkdir(mode=0o700, exist_ok=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)          # nothing of a previous smbd
-        self.run_dir.mkdir(mode=0o700, parents=True)
-        for d in _RUN_DIRS:
-            (self.run_dir / d).mkdir(mode=0o700)
+        self._make_run_dir()
         # a fresh passdb every mount: it holds exactly today's computers and secrets
         for name in ("passdb.tdb", "passdb.tdb.bak"):
             try:
