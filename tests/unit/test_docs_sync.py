@@ -103,3 +103,21 @@ def test_exit_code_tables_match_errors_py():
 
 def test_readme_says_json_errors_the_way_the_cli_prints_them():
     assert '{"error": {"class": ' in README and '"exit": ' in README and '"hint": ' in README
+
+
+def test_the_linux_smbclient_example_names_the_port_and_a_real_auth_file():
+    """docs/network.md's smbclient example works on a non-445 port and with an
+    auth file smbclient reads (`username = ...`, `password = ...`), as the SMB
+    tests (smpfs.testnet.authfile) write it."""
+    doc = (ROOT / "docs" / "network.md").read_text()
+    block = doc.split("### From a Linux client or CI job", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    cmd = " ".join(line.rstrip("\\").strip() for line in block.splitlines()
+                   if line.startswith(("smbclient ", "    -")))
+    assert re.search(r"smbclient '//[^']+/SMPSTORED_[0-9A-F]{8}\$' .*-p \d+ ", cmd), cmd
+    auth = re.search(r"-A (\S+)", cmd).group(1)
+    made = re.search(rf"printf '([^']*)' .*> {re.escape(auth)}\n", block)
+    assert made, f"the example does not show how {auth} is written"
+    lines = made.group(1).split("\\n")
+    assert [ln.split(" = ")[0] for ln in lines if ln] == ["username", "password", "domain"], lines
+    testnet = (ROOT / "smpfs" / "testnet.py").read_text()
+    assert 'f"username = {c.name}\\npassword = ' in testnet, "the SMB tests write the auth file another way"
