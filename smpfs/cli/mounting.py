@@ -28,10 +28,12 @@ def mount(obj, mountpoint, foreground, debug, as_json):
     if foreground:             # the daemon itself: it serves what `smpfs config` set up
         from ..network import services_for
         services = services_for(obj.state)
-    daemon.mount(obj.state, mountpoint, foreground=foreground, debug=debug, services=services)
+    notes = daemon.mount(obj.state, mountpoint, foreground=foreground, debug=debug, services=services) or []
     if want_json(as_json):
         return emit_json({"mountpoint": os.path.abspath(mountpoint), "state_dir": obj.state,
-                          "mounted": not foreground})
+                          "mounted": not foreground, "notes": notes})
+    for note in notes:
+        click.echo(f"smpfs mount: {note}", err=True)
 
 
 @main.command()

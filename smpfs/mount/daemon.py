@@ -499,7 +499,8 @@ class Daemon:
                 raise PermissionDenied("starting the network services is for the SMP admin (root)")
             return {"started": await self._start_services()}
         result = await self.call(uid, cmd, args)
-        if cmd == "status":
+        if cmd == "status":                  # this daemon serves: whatever its lock file says
+            result.update(mountpoint=str(self.mountpoint), dead_mount=None)
             self._service_health(result)
         return result
 

@@ -49,9 +49,20 @@ def forget_daemon(state_dir: Path) -> None:
             pass
 
 
-def clear_dead_mount(state_dir: Path, mountpoint: Path) -> None:
+def answering_daemon(state_dir: Path) -> dict | None:
+    """``ping``'s answer (pid, mountpoint) if a daemon answers on this SMP's
+    control socket, else None. A daemon that answers is alive whatever its lock
+    file says (removed or replaced by hand, say): never treat its mount as dead."""
+    try:
+        return control.call(state_dir, "ping", timeout=10)
+    except (SmpError, OSError, ValueError):
+        return None
+
+
+def clear_dead_mount(state_dir: Path, mountpoint: Path, quiet: bool = False) -> None:
     """Unmount what a dead daemon of this SMP left at ``mountpoint`` (it answers
-    ENOTCONN to everything), lazily if a process still has it open."""
+    ENOTCONN to everything), lazily if a process still has it open. Logged as a
+    warning unless ``quiet`` (the caller tells the user itself)."""
     r = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if r.returncode != 0 and str(mountpoint) in fuse_mounts():
         r = subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, text=True)
@@ -59,11 +70,13 @@ def clear_dead_mount(state_dir: Path, mountpoint: Path) -> None:
             raise MountError(f"could not clear the dead mount at {mountpoint}: {r.stderr.strip()}",
                              f"try: umount -l {mountpoint}")
     forget_daemon(state_dir)
-    log.warning("cleared the dead mount at %s (its daemon had died)", mountpoint)
+    (log.info if quiet else log.warning)("cleared the dead mount at %s (its daemon had died)", mountpoint)
 
 
-def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
-    """Everything that can be checked before mounting, each with a clear error."""
+def preflight(state_dir: Path, mountpoint: Path, before_delete=None, notes: list | None = None) -> Smp:
+    """Everything that can be checked before mounting, each with a clear error.
+    What it did on the way (a dead mount cleared) is appended to ``notes`` if
+    given (the CLI says it), else logged."""
     smp = Smp.open(state_dir, before_delete)
     smp.master_key()                                   # missing / unsafe key -> KeyFileError
     row = rows.any_keyed_store(smp)
@@ -73,9 +86,15 @@ def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
         raise MountError("/dev/fuse does not exist",
                          "load the fuse module (modprobe fuse) or run where FUSE is available")
     info = daemon_info(smp.state_dir)
+    if info is None and answering_daemon(smp.state_dir) is not None:
+        info = answering_daemon(smp.state_dir)        # alive, its lock file gone: not dead
     if info is None:
-        if smp.dead_mount() is not None:      # a daemon of this SMP died: clear what it left
-            clear_dead_mount(smp.state_dir, smp.dead_mount())
+        dead = smp.dead_mount()
+        if dead is not None:                  # a daemon of this SMP died: clear what it left
+            clear_dead_mount(smp.state_dir, dead, quiet=notes is not None)
+            if notes is not None:
+                notes.append(f"the daemon of this SMP had died: cleared the dead mount it left at {dead}"
+                             " (every store is checked before the mount serves)")
         forget_daemon(smp.state_dir)
     if str(mountpoint) in fuse_mounts():      # checked without stat(): it may be dead or stuck
         raise MountError(f"mountpoint {mountpoint} is busy: a FUSE filesystem is already mounted there",
@@ -94,18 +113,20 @@ def preflight(state_dir: Path, mountpoint: Path, before_delete=None) -> Smp:
     return smp
 
 
-def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, services=()) -> None:
+def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, services=()) -> list[str]:
     """Mount; ``services`` (foreground only) run inside the daemon, see the module doc.
-    In the background the daemon is ``smpfs mount --foreground``, which composes them."""
+    In the background the daemon is ``smpfs mount --foreground``, which composes them.
+    Returns what the user should be told besides (a dead mount cleared first)."""
     state_dir = Path(state_dir).absolute()
     mountpoint = Path(mountpoint).absolute()
-    smp = preflight(state_dir, mountpoint)
+    notes: list[str] = []
+    smp = preflight(state_dir, mountpoint, notes=notes)
     smp.close()
     if foreground:
         # the daemon needs pyfuse3: imported only where it mounts
         from .daemon import Daemon
         Daemon(state_dir, mountpoint, debug=debug, services=services).run()
-        return
+        return notes
     r, w = os.pipe()
     env = dict(os.environ, SMPFS_READY_FD=str(w))
     # -P: nothing is imported from the working directory (`python -m` would put
@@ -124,7 +145,7 @@ def mount(state_dir, mountpoint, foreground: bool = False, debug: bool = False, 
     with os.fdopen(r, "rb") as pipe:
         msg = pipe.read().decode(errors="replace").strip()
     if msg == "READY":
-        return
+        return notes
     try:                   # the daemon unmounts what it mounted before it exits
         code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -153,8 +174,15 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> str:
         live, dead = smp.mountpoint(), smp.dead_mount()
     finally:
         smp.close()
+    pid = None
+    if live is None:
+        answer = answering_daemon(state_dir)          # a live daemon whose lock file is gone
+        if answer is not None:
+            log.warning("the daemon of %s (pid %s) answers but does not hold %s/daemon.lock",
+                        state_dir, answer.get("pid"), state_dir)
+            live, dead, pid = Path(answer["mountpoint"]), None, answer.get("pid")
     if dead is not None and Path(os.path.normpath(dead)) == mountpoint:
-        clear_dead_mount(state_dir, mountpoint)
+        clear_dead_mount(state_dir, mountpoint, quiet=True)
         return "cleared"
     if live is None or Path(os.path.normpath(live)) != mountpoint:
         where = f"it is mounted at {live}" if live else "it is not mounted"
@@ -184,9 +212,19 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> str:
                              f"find it with: fuser -vm {mountpoint}")
         raise MountError(f"unmounting {mountpoint} failed: {err}{again}")
     deadline = time.monotonic() + timeout
-    while daemon_alive(state_dir):           # the kernel drops the daemon's lock when it exits
+    # the kernel drops the daemon's lock when it exits (or, lock file gone, its pid goes)
+    while daemon_alive(state_dir) or (pid is not None and _running(int(pid))):
         if time.monotonic() > deadline:
             raise MountError(f"the daemon did not exit within {timeout:.0f}s after unmount",
                              f"see {state_dir / LOG_FILE}")
         time.sleep(0.02)
     return "unmounted"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: init may reap it late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -62,6 +62,42 @@ def test_umount_clears_the_mount_of_a_killed_daemon(smp):
     assert smp.status()["mountpoint"] == str(smp.mountpoint)
 
 
+@pytest.mark.daemon_log(DIRTY)
+def test_mount_after_a_killed_daemon_says_so_and_the_next_umount_unmounts_it(smp):
+    kill_daemon(smp)
+    r = smp.cli("mount", str(smp.mountpoint), check=False)
+    assert r.code == 0, r.err
+    lines = r.err.strip().splitlines()
+    assert lines and all(line.startswith("smpfs mount: ") for line in lines), r.err
+    assert f"cleared the dead mount it left at {smp.mountpoint}" in r.err
+    pid = smp.daemon_pid()
+    r = smp.cli("umount", str(smp.mountpoint), "--json")
+    assert json.loads(r.out)["cleared_dead_mount"] is False and "cleared" not in r.err, (r.out, r.err)
+    assert not smp.mounted and str(smp.mountpoint) not in fuse_mounts()
+    last = (smp.state / "smpfs.log").read_text().rstrip().splitlines()[-1]
+    assert f"INFO smpfs.mount.daemon: unmounted {smp.mountpoint}" in last, "the live daemon unmounted cleanly"
+    assert pid != smp.daemon_pid()
+
+
+def test_umount_of_a_live_daemon_whose_lock_file_was_removed_unmounts_it(smp):
+    os.unlink(smp.state / "daemon.lock")             # "tidying" the state dir by hand
+    st = smp.status()
+    assert st["mountpoint"] == str(smp.mountpoint) and st["dead_mount"] is None, st
+    pid = smp.daemon_pid()
+    r = smp.cli("umount", str(smp.mountpoint), "--json", check=False)
+    assert r.code == 0 and json.loads(r.out)["cleared_dead_mount"] is False, (r.out, r.err)
+    assert not smp.mounted
+    assert f"unmounted {smp.mountpoint}" in (smp.state / "smpfs.log").read_text()
+    try:                                             # gone, or a zombie init has not reaped yet
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("Z", "gone"), f"the daemon still runs ({state})"
+    smp.mount()                                      # and it mounts again (a new lock file)
+    assert smp.status()["mountpoint"] == str(smp.mountpoint)
+
+
 def test_umount_with_another_smps_state_leaves_that_mount_alone(smp):
     with mounted() as other:
         t = time.monotonic()
