@@ -46,6 +46,7 @@ from ..store.reserve import ensure_reserve
 from ..store.statestore import StateStore
 from ..units import parse_free
 from . import control
+from . import services as service_ops
 from .catalog import GONE, Catalog, ShareRec, StoreRec
 from .guard import OP_COUNTS
 from .host import min_free_fn, raise_fd_limit, sd_notify, set_readahead
@@ -364,11 +365,7 @@ class Daemon:
         await trio.to_thread.run_sync(set_readahead, self.mountpoint)
 
     async def _stop_services(self) -> None:
-        for service in self.services:
-            try:
-                await service.stop()
-            except Exception:
-                log.exception("stopping %s failed", type(service).__name__)
+        await service_ops.stop_all(self.services)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -497,32 +494,12 @@ class Daemon:
         if cmd == "services_start":
             if uid != 0:
                 raise PermissionDenied("starting the network services is for the SMP admin (root)")
-            return {"started": await self._start_services()}
+            return {"started": await service_ops.start_stopped(self.services, self.nursery, self)}
         result = await self.call(uid, cmd, args)
         if cmd == "status":                  # this daemon serves: whatever its lock file says
             result.update(mountpoint=str(self.mountpoint), dead_mount=None)
-            self._service_health(result)
+            service_ops.add_health(self.services, result)
         return result
-
-    async def _start_services(self) -> list[str]:
-        """Start again the services a failed unmount had stopped (``smpfs umount``)."""
-        started = []
-        for service in self.services:
-            if service.health().get("serving"):
-                continue
-            await self.nursery.start(service.run, self)      # its SmpError reaches the caller
-            started.append(type(service).__name__)
-        return started
-
-    def _service_health(self, result: dict) -> None:
-        """Whether each service serves now (``smpfs status`` shows it)."""
-        for service in self.services:
-            key = getattr(service, "status_key", None)
-            if key and isinstance(result.get(key), dict):
-                try:
-                    result[key].update(service.health())
-                except Exception:
-                    log.exception("%s could not tell its state", type(service).__name__)
 
     async def call(self, uid: int, cmd: str, args: dict, audit_context: dict | None = None) -> dict:
         """Run a lifecycle command for ``uid`` (api.dispatch) and act on what it changed;
