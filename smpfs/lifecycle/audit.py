@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 
 from ..errors import IntegrityError, KeyFileError, MountError, SmpError, StateDirError
@@ -21,10 +22,21 @@ FAILURES = (IntegrityError, KeyFileError, MountError, StateDirError)
 MAX_FIELD = 64
 MAX_VALUE = 512
 MAX_DETAIL = 4096
-#: Refusals of one uid (not root) recorded one row each per REFUSAL_WINDOW
-#: seconds; beyond that they are counted in one ``refusals`` row of the window.
+#: Refusals of one source (a uid but root; a network caller not yet known by its
+#: address) recorded one row each per REFUSAL_WINDOW seconds; beyond that they
+#: are counted in one ``refusals`` row of that source and window.
 REFUSALS_PER_WINDOW = 10
 REFUSAL_WINDOW = 60.0
+#: Rows all sources together may add for refusals in one window (their own and
+#: their ``refusals`` rows); beyond that every refusal counts up one ``refusals``
+#: row of the window for all sources (``"sources": "all"``): many uids or many
+#: addresses cannot grow smp.db faster than this either.
+REFUSAL_ROWS_PER_WINDOW = 100
+#: A repeated idempotent call (a retried Request State Store that hands out the
+#: same store) is one row per REPEAT_WINDOW seconds, counting the repeats.
+REPEAT_WINDOW = 60.0
+#: Sources and repeated calls tracked at once (memory stays bounded).
+MAX_TRACKED = 10_000
 
 _FORBIDDEN = ("key", "recovery_key", "data_key", "wrapped_key", "master", "secret", "nt_hash")
 
@@ -78,9 +90,12 @@ def record_failure(smp, uid, action: str, err: SmpError, computer=None, store_id
     """Record a failed call: ``denied`` when the SMP refused it (wrong uid, wrong
     step, no room, restore-only ...), ``error`` when the SMP itself failed.
 
-    A uid other than root gets REFUSALS_PER_WINDOW rows per window; further
-    refusals in the window only count up one ``refusals`` row (so a flood of
-    refused calls cannot grow smp.db)."""
+    ``uid`` None is a network caller not authenticated (yet): its source is the
+    address in ``smp.audit_context``. A source other than root gets
+    REFUSALS_PER_WINDOW rows per window, and all sources together
+    REFUSAL_ROWS_PER_WINDOW; further refusals only count up a ``refusals`` row
+    (so a flood of refused calls adds at most about REFUSAL_ROWS_PER_WINDOW rows a
+    window, however many calls, uids or addresses)."""
     failed = isinstance(err, FAILURES) or type(err) is SmpError
     outcome = "error" if failed else "denied"
     if uid != 0 and _count_refusal(smp, uid, action):
@@ -89,30 +104,114 @@ def record_failure(smp, uid, action: str, err: SmpError, computer=None, store_id
            error=type(err).__name__, message=err.message)
 
 
-def _count_refusal(smp, uid: int, action: str) -> bool:
-    """True if this refusal was only counted (the uid's window is full)."""
+class _Windows:
+    """What one process has audited lately in one smp.db: refusals by source and
+    window, repeated calls by key. Kept in memory (only the daemon serves callers
+    other than root), so the throttle costs no query and no volume of rows
+    defeats it; the rows it writes are in smp.db as usual."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sources: dict = {}      # source -> {"start", "rows", "counter": (id, detail) | None}
+        self.start = float("-inf")   # the window of all sources together
+        self.rows = 0
+        self.counter = None          # (id, detail) of the all-sources ``refusals`` row
+        self.repeats: dict = {}      # (uid, action, store_id) -> {"start", "id", "detail"}
+
+
+_WINDOWS: dict[str, _Windows] = {}
+_WINDOWS_LOCK = threading.Lock()
+
+
+def _windows(smp) -> _Windows:
+    key = str(getattr(smp, "state_dir", id(smp)))
+    with _WINDOWS_LOCK:
+        return _WINDOWS.setdefault(key, _Windows())
+
+
+def _forget_old(table: dict, now: float, window: float) -> None:
+    if len(table) >= MAX_TRACKED:
+        for k in [k for k, v in table.items() if now - v["start"] >= window]:
+            del table[k]
+
+
+def _count_refusal(smp, uid, action: str) -> bool:
+    """True if this refusal was only counted (its source's window, or the
+    window of all sources, is full)."""
     now = time.time()
-    with smp.tx():
-        recent = smp.query("SELECT id, action, outcome, detail FROM (SELECT * FROM audit ORDER BY id DESC "
-                           "LIMIT 1000) WHERE uid=? AND ts>? AND outcome!='ok' ORDER BY id",
-                           (uid, now - REFUSAL_WINDOW))
-        counter = next((r for r in reversed(recent) if r["action"] == "refusals"), None)
-        if counter is None and len(recent) < REFUSALS_PER_WINDOW:
+    action = str(action)[:MAX_FIELD]
+    address = _clip(str(getattr(smp, "audit_context", {}).get("address") or "?"), MAX_FIELD)
+    source = ("uid", uid) if uid is not None else ("address", address)
+    w = _windows(smp)
+    with w.lock:
+        if now - w.start >= REFUSAL_WINDOW:
+            w.start, w.rows, w.counter = now, 0, None
+        s = w.sources.get(source)
+        if s is None or now - s["start"] >= REFUSAL_WINDOW:
+            _forget_old(w.sources, now, REFUSAL_WINDOW)
+            s = {"start": now, "rows": 0, "counter": None}
+            if len(w.sources) < MAX_TRACKED:
+                w.sources[source] = s
+        if s["rows"] < REFUSALS_PER_WINDOW and w.rows < REFUSAL_ROWS_PER_WINDOW:
+            s["rows"] += 1
+            w.rows += 1
             return False
-        if counter is None:
-            smp.db.table("audit").insert(
-                {"ts": now, "uid": uid, "computer": None, "action": "refusals", "store_id": None,
-                 "outcome": "denied", "detail": json.dumps({"count": 1, "last": now,
-                                                            "actions": {action[:MAX_FIELD]: 1},
-                                                            "window_s": REFUSAL_WINDOW}, sort_keys=True)})
+        if s["counter"] is None and w.rows < REFUSAL_ROWS_PER_WINDOW:
+            detail = {"count": 0, "actions": {}, "window_s": REFUSAL_WINDOW}
+            if uid is None:
+                detail["address"] = address
+            s["counter"] = (_insert_counter(smp, uid, now, detail), detail)
+            w.rows += 1
+        if s["counter"] is not None:
+            _bump(smp, s["counter"], now, action)
             return True
-        d = json.loads(counter["detail"])
-        d["count"] += 1
-        d["last"] = now
-        if action in d["actions"] or len(d["actions"]) < 32:
-            d["actions"][action[:MAX_FIELD]] = d["actions"].get(action[:MAX_FIELD], 0) + 1
-        smp.db.table("audit").update(counter["id"], {"detail": json.dumps(d, sort_keys=True)})
-    return True
+        if w.counter is None:
+            detail = {"count": 0, "actions": {}, "window_s": REFUSAL_WINDOW, "sources": "all"}
+            w.counter = (_insert_counter(smp, None, now, detail), detail)
+        _bump(smp, w.counter, now, action)
+        return True
+
+
+def _insert_counter(smp, uid, now: float, detail: dict) -> int:
+    with smp.tx():
+        table = smp.db.table("audit")
+        table.insert({"ts": now, "uid": uid, "computer": None, "action": "refusals", "store_id": None,
+                      "outcome": "denied", "detail": json.dumps(detail, sort_keys=True)})
+        return table.last_rowid
+
+
+def _bump(smp, counter: tuple, now: float, action: str) -> None:
+    row_id, d = counter
+    d["count"] += 1
+    d["last"] = now
+    if action in d["actions"] or len(d["actions"]) < 32:
+        d["actions"][action] = d["actions"].get(action, 0) + 1
+    with smp.tx():
+        smp.db.table("audit").update(row_id, {"detail": json.dumps(d, sort_keys=True)})
+
+
+def record_repeat(smp, uid, action: str, computer: str | None = None, store_id: str | None = None,
+                  **detail) -> int:
+    """Audit an idempotent call that changed nothing (a retried request handed the
+    same store): the first in REPEAT_WINDOW seconds is a row like :func:`record`'s,
+    the others in that window count up its ``repeats`` (and ``last``)."""
+    now = time.time()
+    key = (uid, str(action)[:MAX_FIELD], store_id)
+    w = _windows(smp)
+    with w.lock:
+        e = w.repeats.get(key)
+        if e is not None and now - e["start"] < REPEAT_WINDOW:
+            e["detail"]["repeats"] = e["detail"].get("repeats", 0) + 1
+            e["detail"]["last"] = now
+            with smp.tx():
+                smp.db.table("audit").update(e["id"], {"detail": _detail_json(e["detail"])})
+            return e["id"]
+        full = {**getattr(smp, "audit_context", {}), **detail}
+        row_id = record(smp, uid, action, computer=computer, store_id=store_id, **detail)
+        _forget_old(w.repeats, now, REPEAT_WINDOW)
+        if len(w.repeats) < MAX_TRACKED:
+            w.repeats[key] = {"start": now, "id": row_id, "detail": full}
+        return row_id
 
 
 def audited(action: str):

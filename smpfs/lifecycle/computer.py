@@ -186,10 +186,11 @@ def authenticate(smp, name: str, secret_value: str) -> dict:
         row = smp.query_one("SELECT name, uid, secret_verifier FROM computers WHERE name=?", (name,))
     ok = secretmod.check_verifier(row["secret_verifier"] if row else None, secret_value or "")
     if not ok:
-        err = PermissionDenied(f"wrong computer name or secret for {name!r}",
+        err = PermissionDenied(f"wrong computer name or secret for {shown(name)}",
                                "check --computer and --secret-file (an admin shows the secret with "
                                "`smpfs computer secret NAME`)")
-        audit.record_failure(smp, None, "authenticate", err, computer=(name or "")[:64])
+        # the name is the caller's text: stored only if it is a valid name
+        audit.record_failure(smp, None, "authenticate", err, computer=name if valid_name(name) else None)
         raise err
     return {"name": row["name"], "uid": row["uid"]}
 

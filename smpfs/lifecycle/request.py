@@ -59,8 +59,8 @@ def request_capture(smp, caller_uid: int, computer: str | None = None) -> dict:
     if assoc is not None:
         for s in reversed(association.stores_of(smp, assoc["id"])):
             if s["status"] == Status.CAPTURING:
-                audit.record(smp, caller_uid, "request_capture", computer=name,
-                             store_id=s["store_id"], existing=True)
+                audit.record_repeat(smp, caller_uid, "request_capture", computer=name,
+                                    store_id=s["store_id"], existing=True)
                 return step_result(smp, s, name, existing=True, changed=False)
             if s["status"] in (Status.CAPTURED, Status.RESTORING):
                 raise CaptureInProgress(
