@@ -130,18 +130,27 @@ class Admission:
         self.others -= uid != 0
 
 
-class _Throttled:
-    """Log one line per kind of trouble per minute, with how often it happened."""
+class Throttled:
+    """Log one line per kind of trouble per minute, with how often it happened
+    (a caller provoking the same trouble in a loop cannot flood the log)."""
 
     def __init__(self, every: float = 60.0):
         self.every, self.last, self.count = every, {}, {}
 
-    def warn(self, kind: str, msg: str, *args) -> None:
+    def warn(self, kind: str, msg: str, *args, level: int = logging.WARNING, logger=None,
+             exc_info: bool = False) -> None:
+        if kind not in self.count and len(self.count) >= 1000:     # memory stays bounded
+            self.count.clear()
+            self.last.clear()
         self.count[kind] = self.count.get(kind, 0) + 1
         now = time.monotonic()
         if now - self.last.get(kind, -self.every) >= self.every:
-            log.warning(msg + " (%d time(s) since the last report)", *args, self.count[kind])
+            (logger or log).log(level, msg + " (%d time(s) since the last report)", *args, self.count[kind],
+                                exc_info=exc_info)
             self.last[kind], self.count[kind] = now, 0
+
+    def info(self, kind: str, msg: str, *args, logger=None) -> None:
+        self.warn(kind, msg, *args, level=logging.INFO, logger=logger)
 
 
 async def serve(path: Path, handler, task_status=None, admission: Admission | None = None):
@@ -154,7 +163,7 @@ async def serve(path: Path, handler, task_status=None, admission: Admission | No
     import trio
 
     admission = admission or Admission()
-    trouble = _Throttled()
+    trouble = Throttled()
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -184,7 +193,7 @@ async def serve(path: Path, handler, task_status=None, admission: Admission | No
                 pass
 
 
-async def _serve_one(conn, handler, admission: Admission, trouble: _Throttled):
+async def _serve_one(conn, handler, admission: Admission, trouble: Throttled):
     import trio
 
     with conn:
@@ -200,9 +209,9 @@ async def _serve_one(conn, handler, admission: Admission, trouble: _Throttled):
                 await _send(conn, {"ok": False, "error": error_to_wire(err)})
             return
         try:
-            await _answer(conn, uid, handler)
+            await _answer(conn, uid, handler, trouble)
         except Exception:  # noqa: BLE001 - one connection never takes the daemon down
-            log.exception("control connection of uid %d failed", uid)
+            trouble.warn(f"failed-{uid}", "control connection of uid %d failed", uid, exc_info=True)
         finally:
             admission.leave(uid)
 
@@ -216,7 +225,7 @@ async def _send(conn, reply: dict) -> None:
         pass
 
 
-async def _answer(conn, uid: int, handler) -> None:
+async def _answer(conn, uid: int, handler, trouble: Throttled | None = None) -> None:
     import trio
 
     try:
@@ -232,8 +241,9 @@ async def _answer(conn, uid: int, handler) -> None:
         try:
             msg = json.loads(buf)
             cmd, args = str(msg["cmd"]), dict(msg.get("args") or {})
-        except (ValueError, KeyError, TypeError):
-            raise errors.UsageError("malformed control request")
+        except (ValueError, KeyError, TypeError, RecursionError):   # RecursionError: nested too deep
+            raise errors.UsageError("malformed control request",
+                                    'one line of JSON: {"cmd": "...", "args": {...}}')
         result = handler(uid, cmd, args)
         if hasattr(result, "__await__"):
             result = await result
@@ -241,7 +251,8 @@ async def _answer(conn, uid: int, handler) -> None:
     except errors.SmpError as e:
         reply = {"ok": False, "error": error_to_wire(e)}
     except Exception as e:  # never let one request take the daemon down
-        log.exception("control request failed")
+        (trouble or Throttled()).warn(f"request-{uid}-{type(e).__name__}", "control request of uid %d failed",
+                                      uid, level=logging.ERROR, exc_info=True)
         reply = {"ok": False, "error": {"type": "SmpError", "exit_code": 1,
                                         "message": f"internal error: {type(e).__name__}: {e}"}}
     with trio.move_on_after(IDLE_TIMEOUT):        # a caller that does not read its reply

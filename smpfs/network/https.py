@@ -10,8 +10,12 @@ framework, no HTTP parsing of our own, and every limit is ours to set:
   request head and :data:`BODY_TIMEOUT` for its body, then 408 and the
   connection is closed; an idle keep-alive connection is closed after
   :data:`IDLE_TIMEOUT`; at most :data:`MAX_REQUESTS` requests per connection;
-* at most :data:`MAX_CONNECTIONS` connections at once (more are closed at
-  once) and :data:`MAX_PER_ADDRESS` from one address.
+* at most :data:`MAX_CONNECTIONS` connections at once and
+  :data:`MAX_PER_ADDRESS` from one address; when full, a new connection
+  closes the one idle longest (still in its TLS handshake or request head, or
+  kept alive between requests) of the address holding the most, so idle
+  connections cannot keep a client out; only when every connection is busy
+  with a request is the new one closed.
 
 Each connection is its own trio task, so one slow or hostile client never
 holds up another. Every call is authenticated with HTTP Basic (computer name
@@ -33,19 +37,23 @@ import h11
 import trio
 
 from ..errors import MountError, PermissionDenied, SmpError, UsageError
+from ..lifecycle.computer import shown
+from ..mount.control import Throttled
 from .client import ServerBusy
 
 log = logging.getLogger("smpfs.network.https")
 
 MAX_BODY = 1 << 20
 MAX_HEAD = 16 << 10
-HEAD_TIMEOUT = 10.0
+HEAD_TIMEOUT = 5.0
 BODY_TIMEOUT = 10.0
-IDLE_TIMEOUT = 30.0
+IDLE_TIMEOUT = 10.0
 CALL_TIMEOUT = 120.0
 MAX_REQUESTS = 100
 MAX_CONNECTIONS = 256
-MAX_PER_ADDRESS = 64
+MAX_PER_ADDRESS = 32
+#: when full, a new connection closes one idle at least this long (see _evict)
+EVICT_AFTER = 0.5
 #: lifecycle calls run at once (each a worker thread writing smp.db); more wait their turn
 MAX_CALLS = 8
 
@@ -59,6 +67,17 @@ ROUTES = {
 
 #: exit code -> HTTP status (anything else: 500)
 STATUS = {2: 400, 7: 403, 10: 404, 11: 503, 12: 503, 13: 409, 14: 409, 15: 404, 16: 409}
+
+
+class _Conn:
+    """One open connection: its address, and since when it waits for a request
+    (None while it is busy with one)."""
+
+    def __init__(self, addr: str, now: float):
+        self.addr = addr
+        self.scope = trio.CancelScope()
+        self.idle_since: float | None = now
+        self.counted = True
 
 
 class HttpError(Exception):
@@ -80,10 +99,12 @@ class HttpsService:
         self.scope: trio.CancelScope | None = None
         self.active = 0
         self.per_address: Counter = Counter()
+        self.conns: set[_Conn] = set()
         self.listen_port: int | None = None
         self.calls = trio.CapacityLimiter(MAX_CALLS)
         self.serving = False
         self.done: trio.Event | None = None
+        self.trouble = Throttled()
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -141,34 +162,66 @@ class HttpsService:
             addr = stream.transport_stream.socket.getpeername()[0]
         except OSError:
             addr = "?"
-        if self.active >= MAX_CONNECTIONS or self.per_address[addr] >= MAX_PER_ADDRESS:
-            log.info("https: too many connections; closing one from %s", addr)
+        full = self.active >= MAX_CONNECTIONS or self.per_address[addr] >= MAX_PER_ADDRESS
+        if full and not self._evict(addr if self.per_address[addr] >= MAX_PER_ADDRESS else None):
+            self.trouble.info(f"full-{addr}", "https: too many connections; closing one from %s", addr,
+                              logger=log)
             await trio.aclose_forcefully(stream)
             return
+        conn = _Conn(addr, trio.current_time())
+        self.conns.add(conn)
         self.active += 1
         self.per_address[addr] += 1
         try:
-            await self._serve(stream, addr)
+            with conn.scope:
+                await self._serve(stream, addr, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as e:
             log.debug("https: connection from %s ended: %s", addr, e)
         except Exception:
-            log.exception("https: connection from %s failed", addr)
+            self.trouble.warn(f"failed-{addr}", "https: connection from %s failed", addr, logger=log,
+                              level=logging.ERROR, exc_info=True)
         finally:
-            self.active -= 1
-            self.per_address[addr] -= 1
-            if not self.per_address[addr]:
-                del self.per_address[addr]
+            self._release(conn)
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream, addr: str) -> None:
+    def _release(self, conn: _Conn) -> None:
+        if conn.counted:
+            conn.counted = False
+            self.conns.discard(conn)
+            self.active -= 1
+            self.per_address[conn.addr] -= 1
+            if not self.per_address[conn.addr]:
+                del self.per_address[conn.addr]
+
+    def _evict(self, addr: str | None) -> bool:
+        """Make room for a new connection (from ``addr`` when that address is at
+        its limit, else from anyone) by closing the connection idle longest (TLS
+        handshake, request head not yet sent, or kept alive between requests)
+        of the address holding the most connections; one busy with a request is
+        never closed, nor one idle less than EVICT_AFTER. False if none may go."""
+        now = trio.current_time()
+        idle = [c for c in self.conns if c.idle_since is not None and now - c.idle_since >= EVICT_AFTER
+                and not c.scope.cancel_called and (addr is None or c.addr == addr)]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (-self.per_address[c.addr], c.idle_since))
+        victim.scope.cancel()
+        self.trouble.info(f"evict-{victim.addr}", "https: full; closed an idle connection from %s",
+                          victim.addr, logger=log)
+        self._release(victim)          # its slot is free now, though its task leaves a moment later
+        return True
+
+    async def _serve(self, stream, addr: str, slot: _Conn) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         for n in range(MAX_REQUESTS):
             timeout = HEAD_TIMEOUT if n == 0 else IDLE_TIMEOUT
+            slot.idle_since = trio.current_time()
             try:
                 with trio.fail_after(timeout):
                     event = await _next_event(stream, conn)
                 if not isinstance(event, h11.Request):
                     return                      # closed, or nothing but a half-sent head
+                slot.idle_since = None          # busy with a request: never evicted
                 status, payload = await self._request(stream, conn, event, addr)
             except trio.TooSlowError:
                 log.info("https: %s too slow; closing", addr)
@@ -213,6 +266,7 @@ class HttpsService:
                 return 404, _error(UsageError(f"no such API: {method} {path}", "see docs/network.md"))
             if method != "POST":
                 return 405, _error(UsageError(f"{path} takes POST, not {method}"))
+            who = await self._authenticate(headers, context)      # before anything reads the body
             try:
                 args = json.loads(body or b"{}")
                 if not isinstance(args, dict):
@@ -220,9 +274,10 @@ class HttpsService:
                 computer = args.get("computer")
                 if computer is not None and not isinstance(computer, str):
                     raise ValueError("computer must be a string")
+            except RecursionError:
+                return 400, _error(UsageError("the body must be a JSON object: nested too deep"))
             except (ValueError, UnicodeDecodeError) as e:
-                return 400, _error(UsageError(f"the body must be a JSON object: {e}"))
-            who = await self._authenticate(headers, context)
+                return 400, _error(UsageError(f"the body must be a JSON object: {str(e)[:200]}"))
             with trio.fail_after(CALL_TIMEOUT):
                 result = await self._call(who["uid"], cmd, {"computer": computer or who["name"]}, context)
             log.info("https %s %s %s: ok", addr, who["name"], cmd)
@@ -250,7 +305,8 @@ class HttpsService:
         try:
             return await self._call(0, "computer_auth", {"name": name, "secret_value": secret}, context)
         except PermissionDenied as e:
-            log.info("https %s: authentication failed for %r", context["address"], name[:64])
+            self.trouble.info(f"auth-{context['address']}", "https %s: authentication failed for %s",
+                              context["address"], shown(name), logger=log)
             raise HttpError(401, e)
 
     async def _call(self, uid: int, cmd: str, args: dict, context: dict) -> dict:

@@ -9,10 +9,14 @@ import base64
 import concurrent.futures
 import http.client
 import json
+import socket
 import ssl
+import threading
 import time
+from pathlib import Path
 
 from smpfs.lifecycle.audit import REFUSAL_ROWS_PER_WINDOW, REFUSALS_PER_WINDOW
+from smpfs.network.https import MAX_CONNECTIONS, MAX_PER_ADDRESS
 
 NOBODY = 65534
 
@@ -109,3 +113,135 @@ def test_a_computer_repeating_its_capture_request_adds_one_row_that_counts_the_r
     again = [r for r in rows if r["detail"].get("existing")]
     assert sum(1 + r["detail"].get("repeats", 0) for r in again) == 89
     assert all(r["outcome"] == "ok" and r["computer"] == c.name and r["store_id"] in ids for r in rows)
+
+
+# -- JSON nested too deep ------------------------------------------------------------------------
+
+def _nested_control_call(state: Path) -> list[dict]:
+    replies = []
+    for _ in range(40):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        try:
+            s.connect(str(state / "control.sock"))
+            s.sendall(b'{"cmd":"ping","args":' + b"[" * 1100 + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                buf += piece
+        finally:
+            s.close()
+        replies.append(json.loads(buf))
+    return replies
+
+
+def test_json_nested_too_deep_is_a_parse_error_with_no_traceback(smp):
+    size = (smp.state / "smpfs.log").stat().st_size
+    replies = smp.as_uid(NOBODY, _nested_control_call, smp.state)
+    assert all(r["ok"] is False and r["error"]["exit_code"] == 2 for r in replies), replies[0]
+    assert "malformed control request" in replies[0]["error"]["message"]
+    assert "ExceptionGroup" not in json.dumps(replies) and "Recursion" not in json.dumps(replies)
+    grown = (smp.state / "smpfs.log").stat().st_size - size
+    assert grown < 20_000, f"40 bad requests wrote {grown} bytes of log"
+    assert smp.cli("status", uid=NOBODY, check=False).code in (0, 7), "the daemon still answers"
+    # (the suite fails this test if the daemon logged a traceback)
+
+
+def test_https_checks_credentials_before_reading_a_nested_body(net_smp):
+    n = net_smp
+    c = n.computer()
+    nested = b'{"computer":' + b"[" * 5000
+    size = (n.smp.state / "smpfs.log").stat().st_size
+    conn = _https(n)
+    try:
+        for _ in range(30):
+            status, body = _post(conn, "/v1/request/capture", nested, None)
+            assert status == 401, body                      # never parsed: no credentials
+            status, body = _post(conn, "/v1/request/capture", nested, _basic(c.name, "wrong"))
+            assert status == 401, body
+        status, body = _post(conn, "/v1/request/capture", nested, _basic(c.name, n.secret(c)))
+        assert status == 400 and "JSON" in body["error"]["message"], body
+    finally:
+        conn.close()
+    grown = (n.smp.state / "smpfs.log").stat().st_size - size
+    assert grown < 20_000, f"61 bad requests wrote {grown} bytes of log"
+
+
+# -- HTTPS connection slots ----------------------------------------------------------------------
+
+def _alive(socks) -> int:
+    n = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            if s.recv(1) != b"":
+                n += 1
+        except BlockingIOError:
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_idle_connections_from_many_addresses_do_not_keep_a_client_out(net_smp):
+    n = net_smp
+    c = n.computer()
+    auth = _basic(c.name, n.secret(c))
+    addresses = [f"127.0.1.{i}" for i in range(1, 11)]     # 10 x 34 idle connections > MAX_CONNECTIONS
+    assert len(addresses) * 34 > MAX_CONNECTIONS
+    held: dict[str, list[socket.socket]] = {a: [] for a in addresses}
+    stop = threading.Event()
+
+    def hold():                                              # keep them open: reopen what the server closes
+        deadline = time.monotonic() + 40
+        while not stop.is_set() and time.monotonic() < deadline:
+            for a in addresses:
+                socks = held[a]
+                alive = []
+                for s in socks:
+                    if _alive([s]):
+                        alive.append(s)
+                    else:
+                        s.close()
+                while len(alive) < 34:
+                    s = socket.socket()
+                    s.bind((a, 0))
+                    try:
+                        s.connect(("127.0.0.1", n.http_port))
+                    except OSError:
+                        s.close()
+                        break
+                    alive.append(s)
+                held[a] = alive
+            stop.wait(0.3)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        time.sleep(2)
+        answered = 0
+        for _ in range(20):
+            conn = _https(n, timeout=10)
+            try:
+                status, _ = _post(conn, "/v1/request/capture", b"{}", auth)
+                answered += status == 200
+            except (OSError, http.client.HTTPException, ssl.SSLError):
+                pass
+            finally:
+                conn.close()
+        stop.set()
+        holder.join()
+        time.sleep(1)
+        per_address = max(_alive(list(s)) for s in held.values())
+    finally:
+        stop.set()
+        holder.join()
+        for socks in held.values():
+            for s in socks:
+                s.close()
+    print(f"a client among {len(addresses)} x 34 idle connections: {answered}/20 answered, "
+          f"at most {per_address} left open per address")
+    assert answered == 20
+    assert per_address <= MAX_PER_ADDRESS
