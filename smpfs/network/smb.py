@@ -3,7 +3,7 @@
 Everything of this Samba lives under ``STATE/smb/`` (mode 0700): its own
 ``smb.conf``, private dir and passdb (tdbsam) and log; its volatile
 lock/state/cache/pid/ncalrpc dirs, whose databases name open files, live on
-a tmpfs (:func:`runtime_dir`) and are removed when it stops.
+a tmpfs (:func:`make_runtime_dir`) and are removed when it stops.
 ``smbd -s STATE/smb/smb.conf --foreground --no-process-group`` never reads
 or writes the host's /etc/samba or /var/lib/samba.
 
@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import ctypes
 import glob
-import hashlib
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +56,16 @@ _DIRS = ("private", "log")
 #: so they live in RAM (a tmpfs), never in the state dir
 _RUN_DIRS = ("lock", "state", "cache", "pid", "ncalrpc")
 RUNTIME_BASES = ("/run", "/dev/shm")
+RUNDIR_NOTE = "rundir"
+#: smbd processes at once (one per client connection, plus a few of its own):
+#: each costs ~10 MB, so connections beyond it are closed at once rather than
+#: letting anyone who reaches the port fork smbd without bound.
+#: ``$SMPFS_SMB_MAX_PROCESSES`` overrides (docs/network.md).
+MAX_SMBD_PROCESSES = 100
+#: minutes after which smbd drops a logged-on connection with no open file
+#: (Samba's ``deadtime``); one with no share connected (never logged on) is
+#: dropped by smbd's own check, every minute, whatever this says
+DEADTIME_MINUTES = 5
 #: lifecycle commands after which the passdb or the shares may differ
 _FOLLOW = {"computer_add", "computer_remove", "computer_secret", "folder_add", "folder_remove", "config"}
 #: smbd dying while mounted: restarted after RESTART_DELAY s, then twice as long
@@ -76,9 +87,9 @@ def find_nss_wrapper() -> str:
                      "Debian: apt-get install samba libnss-wrapper")
 
 
-def runtime_dir(state_dir: Path) -> Path:
-    """Where smbd's volatile files go: on the first tmpfs of /run, /dev/shm
-    (``$SMPFS_RUNTIME_DIR`` overrides), one directory per SMP."""
+def runtime_base(state_dir: Path) -> Path:
+    """Where smbd's volatile files go: the first tmpfs of /run, /dev/shm
+    (``$SMPFS_RUNTIME_DIR`` overrides), else the state dir's ``smb/``."""
     tmpfs = set()
     try:
         with open("/proc/self/mounts") as f:
@@ -88,9 +99,52 @@ def runtime_dir(state_dir: Path) -> Path:
     base = os.environ.get("SMPFS_RUNTIME_DIR") or next((b for b in RUNTIME_BASES if b in tmpfs), None)
     if base is None:
         log.info("no tmpfs at %s: Samba's lock databases stay in the state dir", " or ".join(RUNTIME_BASES))
-        return Path(state_dir) / SMB_DIR / "run"
-    tag = hashlib.sha256(str(Path(state_dir).absolute()).encode()).hexdigest()[:12]
-    return Path(base) / f"smpfs-smb-{tag}"
+        return Path(state_dir) / SMB_DIR
+    return Path(base)
+
+
+def make_runtime_dir(state_dir: Path) -> Path:
+    """A new directory for smbd's volatile files, ``smpfs-smb-<random>`` (mode
+    0700) under :func:`runtime_base`, made by mkdtemp: its name cannot be
+    guessed before it exists, so nothing another uid plants in a world-writable
+    /dev/shm is ever followed or removed. Its name is kept in STATE/smb/rundir
+    so that the next mount removes it if this one could not."""
+    base = runtime_base(state_dir)
+    note = Path(state_dir) / SMB_DIR / RUNDIR_NOTE
+    try:
+        old = note.read_text().strip()
+    except OSError:
+        old = ""
+    if old:
+        remove_runtime_dir(Path(old))
+    try:
+        path = Path(tempfile.mkdtemp(prefix="smpfs-smb-", dir=base))
+    except OSError as e:
+        raise MountError(f"cannot create Samba's runtime directory in {base}: {e.strerror}",
+                         "set $SMPFS_RUNTIME_DIR to a root-only directory on a tmpfs")
+    _write(note, f"{path}\n", 0o600)
+    return path
+
+
+def _own_dir(path: Path) -> bool:
+    """``path`` is a directory smpfs made: a real one (not a symlink), ours, 0700."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+            and path.name.startswith("smpfs-smb-"))
+
+
+def remove_runtime_dir(path: Path) -> None:
+    """Remove a runtime directory smpfs made: only a real directory owned by
+    root (never a symlink or what another uid put there)."""
+    if not os.path.lexists(path):
+        return
+    if not _own_dir(path):
+        log.warning("not removing %s: not a directory of smpfs's own", path)
+        return
+    shutil.rmtree(path, ignore_errors=True)     # rmtree never follows symlinks inside
 
 
 def find_tool(name: str) -> str:
@@ -151,7 +205,7 @@ class SmbService:
     def __init__(self, state_dir, address: str, port: int):
         self.state_dir = Path(state_dir)
         self.dir = self.state_dir / SMB_DIR
-        self.run_dir = runtime_dir(self.state_dir)
+        self.run_dir: Path | None = None
         self.address, self.port = address, port
         self.mountpoint: Path | None = None
         self.proc: subprocess.Popen | None = None
@@ -194,6 +248,7 @@ class SmbService:
             self.nursery = None
             with trio.CancelScope(shield=True):
                 await self._terminate()
+            self._drop_run_dir()
             if self.stopping:
                 self.problem = "stopped"
 
@@ -203,6 +258,7 @@ class SmbService:
             self.scope.cancel()
         with trio.CancelScope(shield=True):
             await self._terminate()
+        self._drop_run_dir()
 
     def changed(self, cmd: str, result: dict):
         """Samba follows computers, secrets and folders: returns the sync for
@@ -283,10 +339,28 @@ class SmbService:
                 log.error("restarting smbd failed: %s", e.message)
 
     def _make_run_dir(self) -> None:
-        shutil.rmtree(self.run_dir, ignore_errors=True)          # nothing of a previous smbd
-        self.run_dir.mkdir(mode=0o700, parents=True)
+        """smbd's runtime directory, empty: a new one (random name) at the first
+        start; at a restart the same one, emptied inside (only root writes there,
+        so nothing is swapped meanwhile; if it is gone, a new one, in smb.conf)."""
+        if self.run_dir is not None and _own_dir(self.run_dir):
+            for d in _RUN_DIRS:                                   # nothing of the previous smbd
+                shutil.rmtree(self.run_dir / d, ignore_errors=True)
+        else:
+            restart = self.run_dir is not None
+            self.run_dir = make_runtime_dir(self.state_dir)
+            if restart:
+                self._sync(force_conf=True)
         for d in _RUN_DIRS:
             (self.run_dir / d).mkdir(mode=0o700)
+
+    def _drop_run_dir(self) -> None:
+        if self.run_dir is not None:
+            remove_runtime_dir(self.run_dir)
+            self.run_dir = None
+            try:
+                os.unlink(self.dir / RUNDIR_NOTE)
+            except OSError:
+                pass
 
     async def _wait_listening(self, timeout: float = 20.0) -> None:
         """Until smbd's own process listens on the port: another process that
@@ -325,7 +399,6 @@ class SmbService:
             except ProcessLookupError:
                 break
             await trio.sleep(0.05)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("smbd stopped")
 
     async def _resync(self) -> None:
@@ -461,7 +534,9 @@ class SmbService:
    disable spoolss = yes
    usershare path =
    host msdfs = no
-   deadtime = 15
+   # bounds on what anyone who reaches the port can make smbd spend
+   max smbd processes = {max_smbd_processes()}
+   deadtime = {DEADTIME_MINUTES}
 """
         parts = [glob_]
         for share in shares:
@@ -473,6 +548,14 @@ class SmbService:
    guest ok = no
 """)
         return "".join(parts)
+
+
+def max_smbd_processes() -> int:
+    try:
+        n = int(os.environ.get("SMPFS_SMB_MAX_PROCESSES") or MAX_SMBD_PROCESSES)
+    except ValueError:
+        n = MAX_SMBD_PROCESSES
+    return max(n, 4)
 
 
 def _write(path: Path, text: str, mode: int) -> None:

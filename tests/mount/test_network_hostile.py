@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import hashlib
 import http.client
 import json
+import os
+import shutil
 import socket
 import ssl
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from smpfs import testing
 from smpfs.lifecycle.audit import REFUSAL_ROWS_PER_WINDOW, REFUSALS_PER_WINDOW
 from smpfs.network.https import MAX_CONNECTIONS, MAX_PER_ADDRESS
+from smpfs.testnet import NetSmp, network_mounted, smbclient_cli
 
 NOBODY = 65534
 
@@ -245,3 +254,83 @@ def test_idle_connections_from_many_addresses_do_not_keep_a_client_out(net_smp):
           f"at most {per_address} left open per address")
     assert answered == 20
     assert per_address <= MAX_PER_ADDRESS
+
+
+# -- smbd processes ---------------------------------------------------------------------------
+
+def _smbd_count(n) -> int:
+    """smbd and the processes it forked (its process group: the daemon starts it in its own)."""
+    conf = n.smp.state / "smb" / "smb.conf"
+    first = subprocess.run(["pgrep", "-o", "-f", f"smbd -s {conf}"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-g", first.strip()], capture_output=True, text=True).stdout
+    return len(out.split())
+
+
+def test_connections_beyond_the_smbd_process_cap_are_closed_and_a_computer_still_gets_in(monkeypatch):
+    limit = 12
+    monkeypatch.setenv("SMPFS_SMB_MAX_PROCESSES", str(limit))
+    try:
+        with network_mounted() as n:
+            c = n.computer()
+            share = n.client_json(c, "request", "capture")["unc"].split("\\")[3]
+            base = _smbd_count(n)
+            socks = []
+            try:
+                for _ in range(60):                          # plain TCP connects, never a logon
+                    s = socket.create_connection(("127.0.0.1", n.smb_port), timeout=10)
+                    socks.append(s)
+                time.sleep(2)
+                most = _smbd_count(n)
+                print(f"smbd processes: {base} before, {most} with 60 connections open (cap {limit})")
+                # smbd itself and its helpers (notifyd, cleanupd), then at most `limit` for clients
+                assert 1 <= base <= 3 and most - base <= limit
+            finally:
+                for s in socks:
+                    s.close()
+            deadline = time.monotonic() + 20
+            while _smbd_count(n) > base and time.monotonic() < deadline:
+                time.sleep(0.2)
+            out = smbclient_cli(n, c, share, "ls")
+            assert "blocks available" in out
+    except testing.SkipNoFuse as e:
+        pytest.skip(str(e))
+
+
+# -- smbd's runtime directory -----------------------------------------------------------------
+
+def _plant(paths: list[str], target: str) -> None:
+    for p in paths:
+        os.symlink(target, p)
+
+
+def test_a_squatted_runtime_directory_is_neither_followed_nor_fatal():
+    why = testing.fuse_available()
+    if why or not shutil.which("smbd", path="/usr/sbin:/usr/bin"):
+        pytest.skip(why or "Samba is not installed")
+    root = Path(tempfile.mkdtemp(prefix="smpfs-net-"))
+    os.chmod(root, 0o711)
+    n = NetSmp(testing.TestSmp(root))
+    state = n.smp.state
+    tag = hashlib.sha256(str(Path(state).absolute()).encode()).hexdigest()[:12]
+    bait = Path(tempfile.mkdtemp(prefix="smpfs-bait-", dir="/dev/shm"))
+    os.chown(bait, NOBODY, NOBODY)
+    planted = [f"{b}/smpfs-smb-{tag}" for b in ("/dev/shm",)]
+    made = []
+    try:
+        testing.as_uid(NOBODY, _plant, planted, str(bait))       # another user's symlinks, where the name was
+        n.start()
+        made = [p for p in Path("/dev/shm").glob("smpfs-smb-*") if p.is_dir() and not p.is_symlink()
+                and p.stat().st_uid == 0 and str(p) == (state / "smb" / "rundir").read_text().strip()]
+        assert len(made) == 1 and (made[0].stat().st_mode & 0o777) == 0o700
+        assert sorted(os.listdir(bait)) == [], "nothing of smbd's went through the symlink"
+        c = n.computer()
+        share = n.client_json(c, "request", "capture")["unc"].split("\\")[3]
+        assert "blocks available" in smbclient_cli(n, c, share, "ls")
+    finally:
+        n.stop()
+        for p in planted:
+            assert os.path.islink(p) and os.readlink(p) == str(bait), "another user's entry is left alone"
+            os.unlink(p)
+        shutil.rmtree(bait)
+        shutil.rmtree(root, ignore_errors=True)
+    assert made and not made[0].exists(), "the runtime directory is removed at unmount"
