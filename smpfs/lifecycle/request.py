@@ -140,10 +140,12 @@ def request_restore(smp, caller_uid: int, computer: str | None = None) -> dict:
     if s["status"] == Status.CAPTURING:
         raise CaptureInProgress(f"the capture of {s['source']} for {name} is not released yet",
                                 f"run `smpfs release capture {s['source']}` when the capture has finished")
-    store = transition(smp, s, Status.RESTORING, uid=caller_uid, action="request_restore",
-                       audit_detail={"computer": name, "source": s["source"],
-                                     "rerun": s["status"] == Status.RESTORED},
-                       restore_requested_at=time.time())
+    again = s["status"] == Status.RESTORING            # a retried request: one row a minute, counted
+    detail = {"computer": name, "source": s["source"], "rerun": s["status"] == Status.RESTORED}
+    store = transition(smp, s, Status.RESTORING, uid=caller_uid, action=None if again else "request_restore",
+                       audit_detail=detail, restore_requested_at=time.time())
+    if again:
+        audit.record_repeat(smp, caller_uid, "request_restore", store_id=s["store_id"], existing=True, **detail)
     return step_result(smp, store, name, existing=s["status"] != Status.CAPTURED)
 
 

@@ -122,6 +122,19 @@ def test_a_computer_repeating_its_capture_request_adds_one_row_that_counts_the_r
     again = [r for r in rows if r["detail"].get("existing")]
     assert sum(1 + r["detail"].get("repeats", 0) for r in again) == 89
     assert all(r["outcome"] == "ok" and r["computer"] == c.name and r["store_id"] in ids for r in rows)
+    # the same for a retried restore request (in place: the computer restores its own capture)
+    since = max(e["id"] for e in n.audit())
+    conn = _https(n)
+    try:
+        assert _post(conn, "/v1/release/capture", b"{}", auth)[0] == 200
+        for _ in range(40):
+            status, body = _post(conn, "/v1/request/restore", b"{}", auth)
+            assert status == 200 and body["result"]["store_id"] in ids, body
+    finally:
+        conn.close()
+    rows = [r for r in _rows(n, since) if r["action"] == "request_restore"]
+    assert 2 <= len(rows) <= 3, len(rows)
+    assert sum(1 + r["detail"].get("repeats", 0) for r in rows) == 40
 
 
 # -- JSON nested too deep ------------------------------------------------------------------------
