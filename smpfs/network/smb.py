@@ -316,6 +316,7 @@ class SmbService:
                 return
             if self.proc is not None:
                 rc = self.proc.returncode
+                self.problem = f"smbd exited ({rc})"     # status says so while what it forked is stopped
                 with trio.CancelScope(shield=True):
                     await self._terminate()              # what it forked goes too
                 if trio.current_time() - self.started_at >= STABLE_S:
