@@ -109,8 +109,8 @@ def fsck(obj, no_repair, scrub, as_json):
     require_admin("fsck")
     from pathlib import Path
 
+    from ..lifecycle import fsck as fsck_mod
     from ..mount.mounting import daemon_info
-    from ..store import fsck as fsck_mod
     if daemon_info(Path(obj.state)) is not None:
         raise MountError("the SMP is mounted; unmount it before running fsck")
     smp = Smp.open_read_only(obj.state) if no_repair else Smp.open(obj.state)

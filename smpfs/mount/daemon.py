@@ -200,7 +200,7 @@ class Daemon:
 
     def _recover_if_dirty(self) -> None:
         if self.smp.dirty:
-            from ..store import fsck
+            from ..lifecycle import fsck
             log.warning("the last mount did not end cleanly: checking every store")
             report = fsck.check_smp(self.smp, repair=True)
             for line in report.get("findings", []):

@@ -1,7 +1,8 @@
 """The consistency check: what a crash can leave behind, found and repaired.
 
-Run automatically when a mount finds the dirty flag of a mount that did not
-end cleanly, and by hand with ``smpfs fsck`` (not while mounted). Per store:
+Run on every store of an SMP by lifecycle/fsck.py: when a mount finds the
+dirty flag of a mount that did not end cleanly, and by hand with ``smpfs
+fsck`` (not while mounted). This module knows one store. Per store:
 
 * **orphan blocks**: block files no block-map row points to (written before a
   crash, never committed, or superseded and not yet unlinked): removed;
@@ -20,13 +21,10 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 from ..crypto.chunk import BLOCK_SIZE
-from ..crypto.keys import StoreKeys
 from . import diskio
-from .layout import ROOT, destroy_store
-from .scrub import scrub_store
+from .layout import ROOT
 from .statestore import StateStore
 
 
@@ -100,46 +98,3 @@ def summarize(store_id: str, found: dict) -> list[str]:
         if items:
             out.append(f"store {store_id[:12]}…: {len(items)} {kind.replace('_', ' ')}")
     return out
-
-
-def check_smp(smp, repair: bool = True, progress=None, scrub: bool = False, scrub_progress=None) -> dict:
-    """Check every live store of an SMP; finish interrupted deletions on disk.
-    ``scrub``: authenticate every block and name too; each damaged file is a
-    finding and counts as unrepairable. ``progress(i, n, store_id)`` per
-    store, ``scrub_progress(store_id, done_bytes, total_bytes)`` within one."""
-    findings, problems = [], 0
-    for f in smp.query("SELECT * FROM folders WHERE removed_at IS NULL"):
-        folder = Path(f["path"])
-        if not folder.is_dir():
-            findings.append(f"storage folder {folder} is missing")
-            problems += 1
-            continue
-        for name in os.listdir(folder):
-            if name.startswith(".deleting-") and repair:
-                destroy_store(folder, name[len(".deleting-"):])
-                findings.append(f"finished removing {name}")
-    stores = smp.query("SELECT * FROM stores WHERE status NOT IN ('deleting','deleted')")
-    for i, row in enumerate(stores):
-        if progress:
-            progress(i, len(stores), row["store_id"])
-        path = Path(smp.folder(row["folder_id"])["path"]) / row["store_id"]
-        try:
-            keys = StoreKeys.from_data_key(row["store_id"], smp.data_key(row))
-            st = StateStore(path, keys, read_only=not repair)
-        except Exception as e:
-            findings.append(f"store {row['store_id'][:12]}…: cannot open: {e}")
-            problems += 1
-            continue
-        damaged: list[str] = []
-        try:
-            found = check_store(st, repair=repair)
-            if scrub:
-                sid = row["store_id"]
-                damaged = scrub_store(st, None if scrub_progress is None
-                                      else lambda d, t, sid=sid: scrub_progress(sid, d, t))
-        finally:
-            st.close()
-        findings += summarize(row["store_id"], found)
-        findings += [f"store {row['store_id'][:12]}…: damaged: {line}" for line in damaged]
-        problems += len(found["missing_blocks"]) + len(damaged)
-    return {"stores": len(stores), "findings": findings, "unrepairable": problems}

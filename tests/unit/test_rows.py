@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -149,3 +150,23 @@ def test_what_the_mount_records(smp):
     rows.keep_root_mac(smp, s.id, b"m" * 32)
     rows.keep_root_mac(smp, s.id, b"n" * 32)              # kept once
     assert rows.store_by_rowid(smp, s.id).root_mac == b"m" * 32
+
+
+def test_fsck_checks_every_live_store_and_finishes_deletions(smp, tmp_path):
+    """``smpfs fsck`` (and a mount after a crash) checks the stores smp.db
+    names as live, finishes a deletion a crash cut short, and names a
+    storage folder that is gone."""
+    from smpfs.lifecycle import fsck
+    sid = api.dispatch(smp, OLD, "request_capture", {})["store_id"]
+    folder = Path(rows.first_folder(smp).path)
+    (folder / ".deleting-0123").mkdir()
+    (folder / ".deleting-0123" / "x").write_bytes(b"x")
+    seen = []
+    report = fsck.check_smp(smp, repair=True, progress=lambda i, n, s: seen.append((i, n, s)))
+    assert report == {"stores": 1, "findings": ["finished removing .deleting-0123"], "unrepairable": 0}
+    assert seen == [(0, 1, sid)] and not (folder / ".deleting-0123").exists()
+
+    gone = api.dispatch(smp, 0, "folder_add", {"path": str(tmp_path / "f2")})
+    os.rmdir(gone["path"])
+    report = fsck.check_smp(smp, repair=False)
+    assert report["findings"] == [f"storage folder {gone['path']} is missing"] and report["unrepairable"] == 1
