@@ -37,7 +37,7 @@ def parse_size(text: str) -> int:
     as ConfigMgr's console shows them; KiB/MiB/GiB are binary."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).upper() not in _SIZE_UNITS:
-        raise UsageError(f"invalid size {text!r}",
+        raise UsageError("invalid size",
                          "write a number with a unit, e.g. 500MB, 2GB, 1GiB")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
 
@@ -51,9 +51,13 @@ def parse_free(text: str) -> FreeSpec:
         except ValueError:
             pct = -1
         if not 0 <= pct < 100:
-            raise UsageError(f"invalid percentage {text!r}", "use 0%..99%, e.g. 10%")
+            raise UsageError("invalid percentage", "use 0%..99% of the drive, e.g. 10%")
         return FreeSpec(percent=pct)
-    return FreeSpec(bytes=parse_size(t))
+    try:
+        return FreeSpec(bytes=parse_size(t))
+    except UsageError as e:
+        raise UsageError("invalid minimum free space",
+                         "write a size with a unit (500MB, 2GB, 1GiB) or a share of the drive (10%)") from e
 
 
 def format_size(n: float) -> str:
@@ -72,10 +76,10 @@ def parse_duration(text: str) -> int:
     t = str(text).strip().lower()
     parts = re.findall(r"(\d+)\s*([smhdw])", t)
     if not t or not parts or re.sub(r"(\d+)\s*([smhdw])", "", t).strip():
-        raise UsageError(f"invalid duration {text!r}", "write e.g. 30m, 12h, 7d")
+        raise UsageError("invalid duration", "write e.g. 30m, 12h, 7d")
     total = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
     if total > 36500 * 86400:        # later dates overflow sqlite integers and datetime
-        raise UsageError(f"duration {text!r} is too long", "at most 36500d (100 years)")
+        raise UsageError("duration too long", "at most 36500d (100 years)")
     return total
 
 

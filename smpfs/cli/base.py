@@ -6,11 +6,13 @@ their commands on :data:`main`; ``smpfs/cli/__init__.py`` imports them all.
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import click
@@ -49,13 +51,57 @@ def report_error(e: SmpError, as_json: bool) -> None:
     click.echo(f"  hint: {e.hint}", err=True)
 
 
-def to_smp_error(e: BaseException, command: str = "COMMAND") -> SmpError | None:
+#: The command path click resolved for the run in progress (``smpfs folder add``),
+#: set by every context click makes; what hints name instead of raw argv words.
+_resolved_path: contextvars.ContextVar[str | None] = contextvars.ContextVar("smpfs_command_path", default=None)
+
+
+class SmpContext(click.Context):
+    """A click context that remembers the deepest command resolved so far."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _resolved_path.set(self.command_path)
+
+
+def _help_hint(ctx: click.Context | None) -> str:
+    path = ctx.command_path if ctx is not None else (_resolved_path.get() or "smpfs")
+    if ctx is not None and isinstance(ctx.command, click.Group):
+        return f"see `{path} --help` for its commands"
+    return f"see `{path} --help` for the arguments and an example"
+
+
+def _describe(kind: click.ParamType) -> str:
+    """What a parameter type accepts, in words (never the value given)."""
+    if isinstance(kind, click.Choice):
+        return "one of: " + ", ".join(str(c) for c in kind.choices)
+    if isinstance(kind, click.IntRange | click.FloatRange):
+        what = "an integer" if isinstance(kind, click.IntRange) else "a number"
+        if kind.min is not None and kind.max is not None and not kind.min_open and not kind.max_open:
+            return f"{what} from {kind.min} to {kind.max}"
+        lo = None if kind.min is None else f"{'above' if kind.min_open else 'at least'} {kind.min}"
+        hi = None if kind.max is None else f"{'below' if kind.max_open else 'at most'} {kind.max}"
+        return " ".join([what, " and ".join(x for x in (lo, hi) if x)]).strip()
+    return {"integer": "an integer", "float": "a number", "boolean": "true or false"}.get(
+        kind.name, f"a valid {kind.name}")
+
+
+def usage_message(e: click.exceptions.UsageError) -> str:
+    """click's message without the value that was refused: an option value may be
+    a secret (``recover --key``), and a terminal, a log or a screenshot keeps it."""
+    if isinstance(e, click.BadParameter) and not isinstance(e, click.MissingParameter) \
+            and e.param is not None and not isinstance(e.param.type, click.Path | click.File):
+        return f"Invalid value for {e.param.get_error_hint(e.ctx)}: expected {_describe(e.param.type)}."
+    return e.format_message()
+
+
+def to_smp_error(e: BaseException) -> SmpError | None:
     """What reaches a user for any exception: click's usage errors, aborts, an
     OSError nobody translated, or a bug (named, but never as a traceback)."""
     if smp_error_in(e) is not None:
         return smp_error_in(e)
-    if isinstance(e, click.exceptions.NoSuchOption | click.exceptions.BadParameter | click.exceptions.UsageError):
-        return UsageError(e.format_message(), f"see `smpfs {command} --help` for the arguments and an example")
+    if isinstance(e, click.exceptions.UsageError):
+        return UsageError(usage_message(e), _help_hint(e.ctx))
     if isinstance(e, click.ClickException):
         err = SmpError(e.format_message())
         err.exit_code = e.exit_code if e.exit_code in (1, 2) else 1
@@ -69,10 +115,22 @@ def to_smp_error(e: BaseException, command: str = "COMMAND") -> SmpError | None:
     return None
 
 
+def name_the_command(err: SmpError) -> SmpError:
+    """A default hint's `smpfs COMMAND` becomes the command that ran."""
+    path = _resolved_path.get()
+    if path and path != "smpfs" and "`smpfs COMMAND" in (err.hint or ""):
+        err.hint = err.hint.replace("`smpfs COMMAND", f"`{path}")
+    return err
+
+
 class SmpGroup(click.Group):
     """The ``smpfs`` group: every failure becomes ``smpfs: message`` + ``hint:``
     (or one JSON object with --json) and its documented exit code; no traceback
-    reaches a user (``SMPFS_DEBUG=1`` shows it)."""
+    reaches a user (``SMPFS_DEBUG=1`` shows it). ``smpfs`` (or a group) with
+    nothing after it prints its help on stdout and exits 0."""
+
+    context_class = SmpContext
+    group_class = type                 # sub-groups are SmpGroups, their commands SmpCommands
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if args is None:
@@ -81,24 +139,46 @@ class SmpGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         as_json = _wants_json_errors(args)
-        words = [a for a in args if not a.startswith("-")][:2]
+        token = _resolved_path.set(None)
         try:
             rv = super().main(args, prog_name or "smpfs", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help(), color=e.ctx.color)
+            sys.exit(0)
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
         except SystemExit:
             raise
         except BaseException as e:                       # noqa: BLE001 - every failure is reported
-            err = to_smp_error(e, " ".join(words) or "COMMAND")
+            err = to_smp_error(e)
             if err is None:
                 if os.environ.get("SMPFS_DEBUG"):
                     raise
                 err = SmpError(f"internal error: {type(e).__name__}: {e}",
                                "this is a bug: please report it with the command line (SMPFS_DEBUG=1 "
                                "shows the traceback)")
-            report_error(err, as_json)
+            report_error(name_the_command(err), as_json)
             sys.exit(err.exit_code)
+        finally:
+            _resolved_path.reset(token)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx):
+        # `smpfs --json` or `smpfs folder` (options, no command): the help, as for no
+        # arguments at all, rather than click's "Missing command." usage error
+        with warnings.catch_warnings():          # click 9 folds protected_args into args
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pending = list(getattr(ctx, "protected_args", [])) + list(ctx.args)
+        if not pending and not self.invoke_without_command and not ctx.resilient_parsing:
+            raise click.exceptions.NoArgsIsHelpError(ctx)
+        return super().invoke(ctx)
+
+
+class SmpCommand(click.Command):
+    context_class = SmpContext
+
+
+SmpGroup.command_class = SmpCommand
 
 
 def state_dir() -> str:
@@ -255,7 +335,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 # -- the group ----------------------------------------------------------------------
 
-@click.group(cls=SmpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("smpfs", cls=SmpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state", "state", envvar="SMPFS_STATE", default=DEFAULT_STATE_DIR, show_default=True,
               metavar="DIR", help="SMP state directory (also $SMPFS_STATE).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON wherever a command has output.")

@@ -43,7 +43,7 @@ def plan_cmd(clients, state_size, link, window, concurrent, retention, overhead,
     try:
         frac = float(o) / 100
     except ValueError:
-        raise UsageError(f"invalid --overhead {overhead!r}", "a percentage, e.g. 20%")
+        raise UsageError("invalid --overhead", "a percentage, e.g. 20%")
     p = plan(clients, parse_size(state_size), parse_link(link), window, concurrent=concurrent,
              retention_days=retention, overhead=frac, max_clients=max_clients, min_free=parse_size(min_free))
     if want_json(as_json):

@@ -151,7 +151,7 @@ def _on_off(value) -> bool:
         return True
     if v in ("off", "0", "false", "no"):
         return False
-    raise UsageError(f"--restore-only takes on or off, not {value!r}")
+    raise UsageError("--restore-only takes on or off")
 
 
 def _key_show(smp, caller, source):

@@ -52,12 +52,12 @@ def parse_uid(text) -> int:
     s = str(text).strip()
     if s.isascii() and s.isdigit():            # not '²' or other Unicode digits int() refuses
         if int(s) >= 2**32 - 1:                # (uid_t)-1 means "no uid" to the kernel
-            raise UsageError(f"uid {s} is out of range", "a uid is a number from 1 to 4294967294")
+            raise UsageError("uid out of range", "a uid is a number from 1 to 4294967294")
         return int(s)
     try:
         return pwd.getpwnam(s).pw_uid
     except KeyError:
-        raise UsageError(f"no such user {s!r}", "give a numeric uid or an existing user name")
+        raise UsageError("no such user", "give a numeric uid or an existing user name")
 
 
 #: A secret given to ``computer add --secret-file`` (one that computer already has

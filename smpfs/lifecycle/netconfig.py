@@ -27,13 +27,13 @@ def parse_endpoint(text, what: str, default_addr: str | None = None) -> tuple[st
     addr, sep, port = s.rpartition(":")
     if not sep:
         if default_addr is None:
-            raise UsageError(f"{what} takes ADDR:PORT or off, not {s!r}", f"e.g. {what} 0.0.0.0:8443")
+            raise UsageError(f"{what} takes ADDR:PORT or off", f"e.g. {what} 0.0.0.0:8443")
         addr, port = default_addr, s
     addr = addr.strip("[]")
     if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise UsageError(f"{what}: bad port in {s!r}", "a port is a number from 1 to 65535")
+        raise UsageError(f"{what}: bad port", "a port is a number from 1 to 65535")
     if not addr:
-        raise UsageError(f"{what}: no address in {s!r}", f"e.g. {what} 0.0.0.0:{port}")
+        raise UsageError(f"{what}: no address", f"e.g. {what} 0.0.0.0:{port}")
     return addr, int(port)
 
 

@@ -73,7 +73,7 @@ def parse_at(text: str | None, now: float | None = None) -> float:
     try:
         when = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"invalid time {text!r}", "write +8d, +12h, or an ISO time like 2025-06-01T12:00")
+        raise UsageError("invalid time", "write +8d, +12h, or an ISO time like 2025-06-01T12:00")
     return when.timestamp()
 
 

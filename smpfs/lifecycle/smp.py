@@ -507,7 +507,7 @@ _SERVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 def check_server_name(name) -> str:
     """A server name for UNC paths: a host name (no spaces, backslashes or shell characters)."""
     if not _SERVER.fullmatch(str(name or "").strip()):
-        raise UsageError(f"invalid server name {name!r}",
+        raise UsageError("invalid server name",
                          "use the host name clients reach: letters, digits, '.', '-', '_', e.g. SMP01")
     return str(name).strip()
 

@@ -50,7 +50,7 @@ class SmpClient:
                  sha256: str | None = None, timeout: float = 60.0):
         u = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
         if u.scheme != "https" or not u.hostname:
-            raise errors.UsageError(f"--smp takes https://HOST[:PORT], not {url!r}")
+            raise errors.UsageError("--smp takes https://HOST[:PORT]")
         self.url, self.host, self.port = url, u.hostname, u.port or 443
         self.computer, self.secret = computer, secret.strip()
         self.timeout = timeout

@@ -48,7 +48,7 @@ def parse_link(text: str) -> float:
     ``1Gbit``, ``10Gbps``; in bytes with ``B/s``: ``12.5MB/s``."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(bit/s|bits/s|bit|bits|bps|b/s|B/s|Bps)\s*", str(text))
     if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"invalid link speed {text!r}",
+        raise UsageError("invalid link speed",
                          "write e.g. 100Mbit, 1Gbit (bits per second) or 12.5MB/s (bytes)")
     value = float(m.group(1)) * _LINK_UNITS[m.group(2).lower()]
     unit = m.group(3)
