@@ -42,10 +42,12 @@ def _wants_json_errors(args) -> bool:
 
 def report_error(e: SmpError, as_json: bool) -> None:
     """One error, the documented way: ``smpfs: message`` + ``hint:`` on stderr,
-    or with --json one object ``{"error": {class, exit, message, hint}}``."""
+    or with --json one object ``{"error": {class, exit, message, hint}}`` (a
+    command may add top-level keys beside ``error``: ``smpfs client``'s ``attempts``)."""
     if as_json:
-        click.echo(json.dumps({"error": {"class": type(e).__name__, "exit": e.exit_code,
-                                         "message": e.message, "hint": e.hint}}, sort_keys=True), err=True)
+        extra = getattr(e, "json_extra", None) or {}
+        click.echo(json.dumps({**extra, "error": {"class": type(e).__name__, "exit": e.exit_code,
+                                                  "message": e.message, "hint": e.hint}}, sort_keys=True), err=True)
         return
     click.echo(f"smpfs: {e.message}", err=True)
     click.echo(f"  hint: {e.hint}", err=True)
@@ -328,6 +330,15 @@ def print_store_path(r: dict, unc: bool, as_json: bool) -> None:
     else:
         click.echo("smpfs: note: the SMP is not mounted; printing the UNC path", err=True)
         click.echo(r["unc"])
+
+
+def release_message(kind: str, r: dict) -> str:
+    """What a release prints, the same for ``smpfs release`` and ``smpfs client release``."""
+    if kind == "capture":
+        return f"Released capture of {r['computer']}: store {r['store_id'][:12]}… is ready for restore"
+    if r.get("deleted"):
+        return f"Released restore of {r['computer']}: store deleted (policy: delete immediately)"
+    return f"Released restore of {r['computer']}: store kept until {when(r['delete_at'])}"
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

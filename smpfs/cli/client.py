@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .base import emit_json, main, want_json
+from .base import emit_json, main, release_message, want_json
 
 
 @main.group()
@@ -39,48 +39,55 @@ def _client_options(fn):
 
 def _run(action, kind, url, site_file, computer, secret_file, cacert, sha256, retries, retry_delay, timeout,
          as_json):
-    from ..errors import UsageError
+    """One step. Text: progress lines on stderr, the answer on stdout. --json:
+    nothing but one object, the answer with ``attempts`` on stdout, or on a
+    failure ``{"error": {...}, "attempts": [...]}`` on stderr (stdout empty)."""
+    from ..errors import SmpError, UsageError
     from ..network.client import SmpClient, read_secret, run_step
+    as_json = want_json(as_json)
     if bool(url) == bool(site_file):
         raise UsageError("give --smp URL or --site FILE (one of them)")
-    if site_file:
-        return _run_site(action, kind, site_file, computer, read_secret(secret_file), cacert, sha256,
-                         retries, retry_delay, timeout, as_json)
-    retries = 0 if retries is None else retries
-    retry_delay = 30 if retry_delay is None else retry_delay
-    c = SmpClient(url, computer, read_secret(secret_file), cacert=cacert, sha256=sha256,
-                  timeout=60 if timeout is None else timeout)
-    events = []
+    events: list = []
+    try:
+        if site_file:
+            r = _run_site(action, kind, site_file, computer, read_secret(secret_file), cacert, sha256,
+                          retries, retry_delay, timeout, as_json, events)
+        else:
+            c = SmpClient(url, computer, read_secret(secret_file), cacert=cacert, sha256=sha256,
+                          timeout=60 if timeout is None else timeout)
 
-    def on_event(e):
-        events.append(e)
-        if e["outcome"] != "ok":
-            click.echo(f"smpfs: {e['smp']}: attempt {e['attempt']}: {e.get('message', e['outcome'])}", err=True)
-    r = run_step(c, action, kind, retries=retries, retry_delay=retry_delay, on_event=on_event)
-    if want_json(as_json):
+            def on_event(e):
+                events.append(e)
+                if e["outcome"] != "ok" and not as_json:
+                    click.echo(f"smpfs: {e['smp']}: attempt {e['attempt']}: {e.get('message', e['outcome'])}",
+                               err=True)
+            r = run_step(c, action, kind, retries=0 if retries is None else retries,
+                         retry_delay=30 if retry_delay is None else retry_delay, on_event=on_event)
+    except SmpError as e:
+        if as_json:
+            e.json_extra = {"attempts": events}
+        raise
+    if as_json:
         return emit_json({**r, "attempts": events})
     return r
 
 
-def _run_site(action, kind, site_file, computer, secret, cacert, sha256, retries, retry_delay, timeout, as_json):
-    from ..errors import SmpError, UsageError
+def _run_site(action, kind, site_file, computer, secret, cacert, sha256, retries, retry_delay, timeout, as_json,
+              events):
+    from ..errors import UsageError
     from ..site import sitefile
     from ..site.select import SiteClient
     if sha256:
         raise UsageError("--sha256 goes with --smp; with --site each SMP's fingerprint is in the site file")
     site = sitefile.load(site_file)
+
+    def on_event(e):
+        events.append(e)
+        if not as_json:
+            _say(e)
     sc = SiteClient(site, computer, secret, retries=retries, retry_delay=retry_delay, timeout=timeout,
-                    cacert=cacert, on_event=_say)
-    try:
-        r = sc.step(action, kind)
-    except SmpError as e:
-        if want_json(as_json):
-            emit_json({"ok": False, "error": {"type": type(e).__name__, "exit_code": e.exit_code,
-                                              "message": e.message}, "attempts": sc.events})
-        raise
-    if want_json(as_json):
-        return emit_json({**r, "attempts": sc.events})
-    return r
+                    cacert=cacert, on_event=on_event)
+    return sc.step(action, kind)
 
 
 def _say(e: dict) -> None:
@@ -135,7 +142,7 @@ def client_release(kind, url, site_file, computer, secret_file, cacert, sha256, 
     r = _run("release", kind, url, site_file, computer, secret_file, cacert, sha256, retries, retry_delay, timeout,
              as_json)
     if r is not None:
-        click.echo(f"Released the {kind} of {r.get('computer', computer)}: {r.get('status', 'done')}")
+        click.echo(release_message(kind, {"computer": computer, **r}))
 
 
 __all__ = ["client"]

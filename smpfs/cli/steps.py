@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..lifecycle import request
-from .base import emit_json, json_option, main, print_store_path, run, run_retrying, want_json, when
+from .base import emit_json, json_option, main, print_store_path, release_message, run, run_retrying, want_json
 
 
 def _say_retry(retries: int, delay: float):
@@ -84,7 +84,7 @@ def release_capture(computer, as_json):
     r = run("release_capture", computer=computer)
     if want_json(as_json):
         return emit_json(r)
-    click.echo(f"Released capture of {r['computer']}: store {r['store_id'][:12]}… is ready for restore")
+    click.echo(release_message("capture", r))
 
 
 @release.command("restore")
@@ -100,7 +100,4 @@ def release_restore(computer, as_json):
     r = run("release_restore", computer=computer)
     if want_json(as_json):
         return emit_json(r)
-    if r.get("deleted"):
-        click.echo(f"Released restore of {r['computer']}: store deleted (policy: delete immediately)")
-    else:
-        click.echo(f"Released restore of {r['computer']}: store kept until {when(r['delete_at'])}")
+    click.echo(release_message("restore", r))

@@ -158,8 +158,10 @@ class SiteClient:
         m, order = self.order(action, kind)
         move_on = _MOVE_ON[what]
         last: dict[str, errors.SmpError] = {}
+        rounds = 0
         for rnd in range(self.retries + 1):
             last = {}
+            rounds = rnd + 1
             for i, name in enumerate(order):
                 nxt = order[i + 1] if i + 1 < len(order) else None
                 try:
@@ -186,9 +188,9 @@ class SiteClient:
                 self.sleep(self.retry_delay)
                 continue
             break
-        raise self._final(what, m, order, last)
+        raise self._final(what, m, last, rounds)
 
-    def _final(self, what: str, m: Membership, order: list[str], last: dict) -> errors.SmpError:
+    def _final(self, what: str, m: Membership, last: dict, rounds: int) -> errors.SmpError:
         summary = "; ".join(f"{n}: {_reason(e)}" for n, e in last.items()) or "no SMP to ask"
         where = f"boundary group {', '.join(m.groups)}" if what == "request capture" else "the site"
         priority = _PRIORITY.get(what, (errors.NotMountedError, errors.NothingToRelease, errors.NotFound,
@@ -198,7 +200,7 @@ class SiteClient:
             if hit:
                 e = type(hit[0]) if not isinstance(hit[0], Unreachable) else errors.NotMountedError
                 err = e(f"no SMP of {where} could {what} for {self.computer} "
-                        f"(after {self.retries + 1} round(s)): {summary}", hit[0].hint)
+                        f"(after {rounds} round{'s' if rounds != 1 else ''}): {summary}", hit[0].hint)
                 return err
         return errors.SmpError(f"no SMP of {where} could {what} for {self.computer}: {summary}")
 

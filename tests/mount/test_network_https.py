@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import time
@@ -53,10 +54,13 @@ def test_a_computer_captures_and_restores_through_the_client_without_root(net_sm
     assert "path" not in r, "a remote computer is not told paths of the SMP host"
     again = n.client(old, "request", "capture", check=True)          # a retried step: same store
     assert again.out.strip() == r["unc"]
-    n.client(old, "release", "capture", check=True)
+    out = n.client(old, "release", "capture", check=True).out           # what `smpfs release` prints
+    assert out == f"Released capture of {old.name}: store {r['store_id'][:12]}… is ready for restore\n"
     res = n.client(new, "request", "restore", "--json", check=True)
     assert json.loads(res.out)["store_id"] == r["store_id"]
-    n.client(new, "release", "restore", check=True)
+    out = n.client(new, "release", "restore", check=True).out
+    assert re.fullmatch(rf"Released restore of {new.name}: store kept until \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\n",
+                        out), out
     entries = [e for e in n.audit() if e["computer"] == old.name and e["action"] == "request_capture"]
     assert entries and all(e["detail"].get("via") == "https" and e["detail"].get("address") == "127.0.0.1"
                            for e in entries)

@@ -72,11 +72,19 @@ smps = ["SMP1", "SMP2"]
         self.secret_file = {**getattr(self, "secret_file", {}), c.name: first.secret_file(c)}
         return c
 
-    def client(self, c, action: str, kind: str, *extra, site_file=None):
-        """`smpfs client ACTION KIND --site FILE --json` as the computer's own uid: (code, json, stderr)."""
+    def client(self, c, action: str, kind: str, *extra, site_file=None, as_json=True):
+        """`smpfs client ACTION KIND --site FILE --json` as the computer's own uid: (code, json, stderr).
+        With --json it prints one object only: the answer on stdout, or the error on stderr."""
         res = self.smp1.smp.cli("client", action, kind, "--site", site_file or self.file, "--computer", c.name,
-                                "--secret-file", self.secret_file[c.name], "--json", *extra, uid=c, check=False)
-        return res.code, json.loads(res.out) if res.out.strip() else None, res.err
+                                "--secret-file", self.secret_file[c.name], *(["--json"] if as_json else []),
+                                *extra, uid=c, check=False)
+        if not as_json:
+            return res.code, res.out, res.err
+        if res.code == 0:
+            assert res.err == "", res.err
+            return res.code, json.loads(res.out), res.err
+        assert res.out == "", res.out
+        return res.code, json.loads(res.err), res.err
 
     def smb(self, n, c, unc: str, commands: str) -> str:
         """smbclient against SMP ``n`` as computer ``c`` (its one secret), in the store of ``unc``."""
@@ -104,6 +112,11 @@ def test_captures_go_to_the_first_smp_of_the_group_with_room_and_restores_find_t
     assert code == 0, err
     assert r["smp"] == "SMP2" and r["groups"] == ["HQ"]
     assert [x["outcome"] for x in refused(r["attempts"], "SMP1")] == ["RestoreOnlyMode"]
+    smp1, = refused(r["attempts"], "SMP1")
+    assert smp1["reason"].startswith("restore-only") and smp1["next"] == "asking SMP2"
+    # without --json the same, as lines on stderr (the step asked again returns the same store)
+    code, out, err = site.client(a, "request", "capture", as_json=False)
+    assert code == 0 and out.strip() == r["unc"], err
     assert "SMP1" in err and "restore-only" in err and "asking SMP2" in err
     assert f":{site.smp2.smb_port}/" in r["smb_url"]
     # SMP2's smbd takes the secret HQ-A was given by SMP1 (added to SMP2 with --secret-file)
@@ -155,7 +168,9 @@ def test_a_computer_in_no_boundary_group_is_refused_with_exit_17_and_no_smp_aske
     code, r, err = site.client(e, "request", "capture")
     assert code == 17, err
     assert "in no boundary group" in err and "127.0.0.1" in err
-    assert r["error"]["exit_code"] == 17 and [x["event"] for x in r["attempts"]] == ["boundary"]
+    assert set(r) == {"error", "attempts"} and set(r["error"]) == {"class", "exit", "message", "hint"}
+    assert r["error"]["exit"] == 17 and r["error"]["class"] == "OutsideBoundaryGroups"
+    assert [x["event"] for x in r["attempts"]] == ["boundary"]
     # the same computer, by its address: a group with 127.0.0.0/8 takes it; one with 10.0.0.0/24 does not
     by_addr = site.write("site-addr.toml", 'ranges = ["127.0.0.0/8"]')
     code, r, err = site.client(e, "request", "capture", site_file=by_addr)
@@ -174,7 +189,7 @@ def test_requests_fall_back_to_smp2_when_smp1_is_down_within_the_retry_budget(si
     took = time.monotonic() - t0
     assert code == 0 and r["smp"] == "SMP2", err
     assert [x["outcome"] for x in refused(r["attempts"], "SMP1")] == ["Unreachable"]
-    assert "unreachable" in err and took < 10, (took, err)
+    assert refused(r["attempts"], "SMP1")[0]["reason"].startswith("unreachable") and took < 10, (took, r)
     # site check, with no computer's credentials: who answers with the right certificate; exit 6 for SMP1
     res = site.smp2.smp.cli("site", "check", site.file, check=False)
     assert res.code == 6 and "1 SMP(s) did not answer" in res.err, res.err
@@ -184,7 +199,7 @@ def test_requests_fall_back_to_smp2_when_smp1_is_down_within_the_retry_budget(si
     f = site.computer("HQ-F", on=("smp2",))
     t0 = time.monotonic()
     code, r, err = site.client(f, "request", "restore", "--retries", "2", "--retry-delay", "0.2")
-    assert code == 6, err
+    assert code == 6 and r["error"]["exit"] == 6 and "(after 3 rounds)" in r["error"]["message"], err
     assert [x["round"] for x in refused(r["attempts"], "SMP1")] == [1, 2, 3]
     assert time.monotonic() - t0 < 10
 

@@ -77,6 +77,18 @@ def test_a_capture_moves_on_from_a_full_smp_and_never_leaves_the_group():
     assert Scripted.asked == ["A", "B"] * 3 and slept == [3, 3]       # C is not in HQ
 
 
+def test_the_final_refusal_counts_the_rounds_that_were_run():
+    sc, slept = client({"A": errors.PermissionDenied("bad secret"), "B": errors.PermissionDenied("bad secret")},
+                       retries=1)
+    with pytest.raises(errors.PermissionDenied, match=r"\(after 1 round\)") as e:
+        sc.step("request", "capture")
+    assert Scripted.asked == ["A", "B"] and slept == [] and "2 round" not in e.value.message
+    sc, slept = client({"A": errors.NoStorageRoom("full"), "B": errors.NoStorageRoom("full")}, retries=1)
+    with pytest.raises(errors.NoStorageRoom, match=r"\(after 2 rounds\)"):
+        sc.step("request", "capture")
+    assert slept == [3]
+
+
 def test_a_refusal_about_the_computer_itself_stops_the_search():
     sc, _ = client({"A": errors.CaptureInProgress("awaiting restore"), "B": None})
     with pytest.raises(errors.CaptureInProgress):
