@@ -89,13 +89,13 @@ class CaptureInProgress(SmpError):
     """Refusals caused by the store's lifecycle state (wrong step order)."""
     exit_code = 13
     errno = errno.EBUSY
-    default_hint = "finish the previous step first; `smpfs status` shows where each migration stands"
+    default_hint = "finish the previous step first (the SMP admin sees where each migration stands: `smpfs status`)"
 
 
 class NothingToRelease(SmpError):
     exit_code = 14
     errno = errno.ENOENT
-    default_hint = "`smpfs status` shows each store's state; every release follows its request"
+    default_hint = "every release follows its request (the SMP admin sees each store's state: `smpfs status`)"
 
 
 class NotFound(SmpError):

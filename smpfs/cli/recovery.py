@@ -111,8 +111,11 @@ def fsck(obj, no_repair, scrub, as_json):
 
     from ..lifecycle import fsck as fsck_mod
     from ..mount.mounting import daemon_info
-    if daemon_info(Path(obj.state)) is not None:
-        raise MountError("the SMP is mounted; unmount it before running fsck")
+    info = daemon_info(Path(obj.state))
+    if info is not None:
+        where = info.get("mountpoint") or "MOUNTPOINT"
+        raise MountError(f"the SMP is mounted at {where}; fsck runs on an unmounted SMP",
+                         f"unmount it first: smpfs umount {where}")
     smp = Smp.open_read_only(obj.state) if no_repair else Smp.open(obj.state)
     try:
         with Progress() as bar:

@@ -136,7 +136,8 @@ def request_restore(smp, caller_uid: int, computer: str | None = None) -> dict:
     s = restorable(smp, name)
     if s is None:
         raise NotFound(f"no state store is waiting for {name}",
-                       "capture on the source first, or check `smpfs association list`")
+                       "its source captures and releases the capture first (the SMP admin sees the "
+                       "associations: `smpfs association list`)")
     if s["status"] == Status.CAPTURING:
         raise CaptureInProgress(f"the capture of {s['source']} for {name} is not released yet",
                                 f"run `smpfs release capture {s['source']}` when the capture has finished")

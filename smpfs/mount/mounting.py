@@ -190,8 +190,11 @@ def umount(state_dir, mountpoint, timeout: float = 120) -> str:
             raise NotMountedError(f"{mountpoint} is not the mount of the SMP in {state_dir} ({where})",
                                   "give the --state of the SMP mounted there"
                                   + (f", or unmount this one: smpfs umount {live}" if live else ""))
-        raise NotMountedError(f"{mountpoint} is not mounted ({where})",
-                              f"unmount this SMP with: smpfs umount {live}" if live else None)
+        if live:
+            raise NotMountedError(f"{mountpoint} is not mounted: the SMP in {state_dir} is mounted at {live}",
+                                  f"unmount this SMP with: smpfs umount {live}")
+        raise NotMountedError(f"{mountpoint} is not mounted, and neither is the SMP in {state_dir}",
+                              "nothing to unmount; `smpfs status` shows the SMP")
     stopped = False
     try:                    # network services hold the mount busy while they serve
         stopped = bool(control.call(state_dir, "services_stop", timeout=60).get("stopped"))

@@ -257,6 +257,7 @@ class HttpsService:
             return 413, _error(UsageError(f"request body over {MAX_BODY} bytes"))
         context = {"via": "https", "address": addr}
         path = target.split("?", 1)[0]
+        who, computer = None, None
         try:
             if path == "/v1/info" and method == "GET":
                 who = await self._authenticate(headers, context)
@@ -265,7 +266,7 @@ class HttpsService:
             if cmd is None:
                 return 404, _error(UsageError(f"no such API: {method} {path}", "see docs/network.md"))
             if method != "POST":
-                return 405, _error(UsageError(f"{path} takes POST, not {method}"))
+                return 405, _error(UsageError(f"{path} takes POST, not {method}", API_HINT))
             who = await self._authenticate(headers, context)      # before anything reads the body
             try:
                 args = json.loads(body or b"{}")
@@ -275,9 +276,9 @@ class HttpsService:
                 if computer is not None and not isinstance(computer, str):
                     raise ValueError("computer must be a string")
             except RecursionError:
-                return 400, _error(UsageError("the body must be a JSON object: nested too deep"))
+                return 400, _error(UsageError("the body must be a JSON object: nested too deep", API_HINT))
             except (ValueError, UnicodeDecodeError) as e:
-                return 400, _error(UsageError(f"the body must be a JSON object: {str(e)[:200]}"))
+                return 400, _error(UsageError(f"the body must be a JSON object: {str(e)[:200]}", API_HINT))
             with trio.fail_after(CALL_TIMEOUT):
                 result = await self._call(who["uid"], cmd, {"computer": computer or who["name"]}, context)
             log.info("https %s %s %s: ok", addr, who["name"], cmd)
@@ -289,6 +290,11 @@ class HttpsService:
             return 503, _error(ServerBusy("the SMP is busy; ask again", "smpfs client --retries does"))
         except SmpError as e:
             log.info("https %s %s: %s", addr, path, e.message)
+            if isinstance(e, PermissionDenied) and who is not None and computer is not None:
+                # a remote computer is its name, not the uid the SMP maps it to
+                e = PermissionDenied(f"computer {who['name']} cannot act for {computer}",
+                                     "a computer requests and releases only its own state stores; "
+                                     "leave out \"computer\" (or give its own name)")
             return STATUS.get(e.exit_code, 500), _error(e)
 
     async def _authenticate(self, headers: dict, context: dict) -> dict:
@@ -328,9 +334,15 @@ class HttpsService:
         return out
 
 
+#: The hint of an API caller's mistake (a remote client has no `smpfs COMMAND --help`).
+API_HINT = ("see docs/network.md: POST /v1/request/capture|restore or /v1/release/capture|restore "
+            "with a JSON object body ({} or {\"computer\": NAME}) and HTTP Basic authentication")
+
+
 def _error(e: SmpError) -> dict:
+    hint = API_HINT if "smpfs COMMAND" in (e.hint or "") else e.hint
     return {"ok": False, "error": {"type": type(e).__name__, "exit_code": e.exit_code,
-                                   "message": e.message, "hint": e.hint}}
+                                   "message": e.message, "hint": hint}}
 
 
 async def _next_event(stream, conn: h11.Connection):

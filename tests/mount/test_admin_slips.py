@@ -159,3 +159,16 @@ def test_a_storage_folder_on_an_smpfs_mount_is_refused_without_a_hang(smp):
     finally:
         if stuck:          # a daemon waiting on its own mount: only ending the connection frees it
             smp.kill()
+
+
+def test_fsck_while_mounted_and_umount_twice_say_what_to_do(smp):
+    r = smp.cli("fsck", check=False)
+    assert r.code == 5, r.err
+    assert f"  hint: unmount it first: smpfs umount {smp.mountpoint}\n" in r.err, r.err
+    smp.umount()
+    try:
+        r = smp.cli("umount", str(smp.mountpoint), check=False)
+        assert r.code == 6 and r.err.startswith(f"smpfs: {smp.mountpoint} is not mounted"), r.err
+        assert "not mounted (it is not mounted)" not in r.err and r.err.count("not mounted") == 1, r.err
+    finally:
+        smp.mount()

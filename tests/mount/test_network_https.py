@@ -127,6 +127,9 @@ def test_a_computer_cannot_act_for_another(net_smp):
     status, body, _ = raw_request(n, "POST", "/v1/request/capture", json.dumps({"computer": b.name}).encode(),
                                   who=(a.name, n.secret(a)))
     assert status == 403 and body["error"]["exit_code"] == 7
+    # the remote caller is a computer name: no uid (it has none over HTTPS), no CLI hint
+    assert body["error"]["message"] == f"computer {a.name} cannot act for {b.name}", body
+    assert "uid" not in json.dumps(body) and "smpfs" not in body["error"]["hint"], body
     assert n.smp.status() is not None
     assert not [s for s in n.audit() if s["action"] == "request_capture" and s["computer"] == b.name
                 and s["outcome"] == "ok"]
@@ -141,6 +144,10 @@ def test_malformed_huge_and_unknown_requests_are_refused(net_smp):
     assert raw_request(n, "POST", "/v1/request/capture", b'{"computer": 5}', who=who)[0] == 400
     assert raw_request(n, "POST", "/v1/nope", b"{}", who=who)[0] == 404
     assert raw_request(n, "GET", "/v1/request/capture", who=who)[0] == 405
+    for method, body in (("GET", b""), ("POST", b"[1,2]")):         # 405, 400: the API's hint, not the CLI's
+        status, answer, _ = raw_request(n, method, "/v1/request/capture", body, who=who)
+        assert status in (400, 405) and "docs/network.md" in answer["error"]["hint"], answer
+        assert "smpfs" not in answer["error"]["hint"] and "COMMAND" not in answer["error"]["hint"], answer
     huge = b'{"computer": "' + b"x" * (2 << 20) + b'"}'
     try:
         status = raw_request(n, "POST", "/v1/request/capture", huge, who=who)[0]

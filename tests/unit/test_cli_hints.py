@@ -131,3 +131,69 @@ def test_a_secret_file_the_client_cannot_use_is_not_repeated(tmp_path):
                   "--secret-file", secret, "--timeout", "2", "--json"]):
         r = invoke(*args)
         assert r.exit_code != 0 and "Zq-short" not in r.stdout + r.stderr, r.stderr
+
+
+# -- hints a computer can follow --------------------------------------------------------
+
+OLD, NEW = 1001, 1002
+ROOT_ONLY = ("smpfs status", "smpfs association list", "smpfs log", "smpfs key")
+
+
+@pytest.fixture
+def migration(tmp_path):
+    from smpfs.lifecycle import api
+    from smpfs.lifecycle.smp import Smp
+    s = Smp.init(tmp_path / "state", server="SMP01")
+    for name, uid in (("PC-OLD", OLD), ("PC-NEW", NEW)):
+        api.dispatch(s, 0, "computer_add", {"name": name, "uid": uid})
+    api.dispatch(s, 0, "associate", {"source": "PC-OLD", "dest": "PC-NEW"})
+    yield s, lambda uid, cmd: api.dispatch(s, uid, cmd, {})
+    s.close()
+
+
+def refusal(step, exit_code):
+    from smpfs.errors import SmpError
+    with pytest.raises(SmpError) as e:
+        step()
+    assert e.value.exit_code == exit_code, e.value
+    return e.value.hint
+
+
+def followable(hint: str) -> str:
+    """A hint a computer's uid is told must not send it to a root-only command as its step."""
+    head = hint.split("(the SMP admin")[0]
+    assert not any(cmd in head for cmd in ROOT_ONLY), hint
+    return hint
+
+
+def test_a_second_release_tells_the_computer_what_comes_next_not_a_root_command(migration):
+    s, step = migration
+    step(OLD, "request_capture")
+    step(OLD, "release_capture")
+    hint = followable(refusal(lambda: step(OLD, "release_capture"), 14))
+    assert "already" in hint or "nothing to do" in hint and "PC-NEW" in hint
+    step(NEW, "request_restore")
+    step(NEW, "release_restore")
+    hint = followable(refusal(lambda: step(NEW, "release_restore"), 14))
+    assert "nothing to do" in hint and "request restore" not in hint
+
+
+def test_release_restore_by_the_source_names_the_destination_not_a_request_that_fails(migration):
+    s, step = migration
+    step(OLD, "request_capture")
+    step(OLD, "release_capture")
+    hint = followable(refusal(lambda: step(OLD, "release_restore"), 14))
+    assert "smpfs request restore PC-OLD" not in hint and "PC-NEW" in hint, hint
+    # what the old hint offered fails: PC-OLD is no destination
+    refusal(lambda: step(OLD, "request_restore"), 15)
+    # the destination, before the capture is released: release the capture first, then request
+    s2_hint = followable(refusal(lambda: step(NEW, "release_restore"), 14))
+    assert "request restore" in s2_hint
+
+
+def test_a_restore_requested_too_early_is_told_what_to_wait_for(migration):
+    s, step = migration
+    followable(refusal(lambda: step(NEW, "request_restore"), 15))
+    step(OLD, "request_capture")
+    hint = followable(refusal(lambda: step(NEW, "release_restore"), 14))
+    assert "PC-OLD must release its capture first" in hint
