@@ -268,6 +268,22 @@ def when(ts) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def deletion(s: dict) -> str | None:
+    """When a store goes, as the retention timer will do it: its deadline once
+    the restore is released, "waits for release" while a restore runs (a re-run
+    restore included: the old deadline does not count), the time it went."""
+    status = s.get("status")
+    if s.get("deleted_at"):
+        return f"deleted {when(s['deleted_at'])}"
+    if status in ("deleted", "deleting"):
+        return status
+    if status == "restoring":
+        return "waits for release"
+    if status == "restored" and s.get("delete_at"):
+        return when(s["delete_at"])
+    return None
+
+
 def table(rows: list[list], header: list[str]) -> None:
     rows = [[("-" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]

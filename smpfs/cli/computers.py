@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .base import emit_json, json_option, main, print_store_path, run, table, want_json, when
+from .base import deletion, emit_json, json_option, main, print_store_path, run, table, want_json, when
 
 
 @main.group()
@@ -132,10 +132,10 @@ def association_list(all_, as_json):
     if want_json(as_json):
         return emit_json(r["associations"])
     table([[a["source"], a["dest"], a["migration_type"], a["status"],
-            (a.get("store_id") or "")[:12] or None, when(a.get("created_at")),
-            when(a.get("delete_at")) if a.get("delete_at") else None]
+            (a.get("store_id") or "")[:12] or None, when(a["association_created_at"]),
+            when(a["requested_at"]) if a.get("requested_at") else None, deletion(a)]
            for a in r["associations"]],
-          ["source", "dest", "type", "status", "store", "created", "delete at"])
+          ["source", "dest", "type", "status", "store", "associated", "requested", "deletion"])
 
 
 @association.command("remove")

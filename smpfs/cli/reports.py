@@ -8,7 +8,7 @@ import time
 import click
 
 from ..units import format_size
-from .base import emit_json, json_option, main, print_folders, print_settings, run, table, want_json, when
+from .base import deletion, emit_json, json_option, main, print_folders, print_settings, run, table, want_json, when
 from .network import print_network
 
 
@@ -50,7 +50,8 @@ def status(all_, as_json):
         click.echo("  (none)")
     for a in r["associations"]:
         removed = f", removed {when(a['removed_at'])}" if a.get("removed_at") else ""
-        click.echo(f"  {a['source']} -> {a['dest']} ({a['migration_type']}, created {when(a['created_at'])}"
+        click.echo(f"  {a['source']} -> {a['dest']} ({a['migration_type']}, associated "
+                   f"{when(a['association_created_at'])}"
                    f"{removed}): {a['status']}, {len(a['all_stores'])} store(s), {format_size(a['size_bytes'])}")
         for s in a["all_stores"]:
             size = format_size(s["size_bytes"]) if s["size_bytes"] is not None else \
@@ -58,9 +59,13 @@ def status(all_, as_json):
             click.echo(f"    store {s['store_id']}  {s['status']}  {size}")
             click.echo(f"      unc       {s['unc']}")
             times = [("requested", s["created_at"]), ("captured", s["capture_released_at"]),
-                     ("restore requested", s["restore_requested_at"]), ("restored", s["restore_released_at"]),
-                     ("delete at", s["delete_at"]), ("deleted", s["deleted_at"])]
-            click.echo("      " + "; ".join(f"{k} {when(v)}" for k, v in times if v is not None))
+                     ("restore requested", s["restore_requested_at"]), ("restored", s["restore_released_at"])]
+            line = "; ".join(f"{k} {when(v)}" for k, v in times if v is not None)
+            goes = deletion(s)
+            if goes is not None:
+                line += "; " + (goes if goes.startswith("deleted") else f"delete at: {goes}"
+                                if goes == "waits for release" else f"delete at {goes}")
+            click.echo("      " + line)
 
 
 @main.command()
@@ -94,21 +99,35 @@ def report(as_csv, as_json):
         return
     table([[a["source"], a["dest"], a["migration_type"], a["status"], (a["store_id"] or "")[:12] or None,
             when(a["created_at"]), when(a["capture_released_at"]), when(a["restore_released_at"]),
-            when(a["deleted_at"] or a["delete_at"]),
+            deletion(a),
             format_size(a["size_bytes"]) if a["size_bytes"] else None,
             format_size(a["bytes_freed"]) if a["bytes_freed"] else None] for a in rows],
           ["source", "dest", "type", "status", "store", "requested", "captured", "restored",
-           "delete(d) at", "size", "freed"])
+           "deletion", "size", "freed"])
 
 
 def iso(ts) -> str:
     return dt.datetime.fromtimestamp(ts).isoformat(timespec="seconds")
 
 
+#: detail fields that hold a time (epoch seconds): shown as local ISO times in text
+TIME_FIELDS = ("at", "deadline", "next_deadline", "ts")
+
+
+def _show(key: str, value) -> str:
+    if (key.endswith("_at") or key in TIME_FIELDS) and isinstance(value, int | float) \
+            and not isinstance(value, bool) and value > 0:
+        try:
+            return iso(value)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return safe(value)
+
+
 def _print_entry(e: dict, as_json: bool) -> None:
     if as_json:
         return click.echo(json.dumps(e, sort_keys=True, default=str))
-    detail = " ".join(f"{safe(k)}={safe(v)}" for k, v in sorted((e.get("detail") or {}).items()))
+    detail = " ".join(f"{safe(k)}={_show(k, v)}" for k, v in sorted((e.get("detail") or {}).items()))
     store = f" store={safe(e['store_id'][:12])}" if e.get("store_id") else ""
     click.echo(f"{when(e['ts'])}  #{e['id']} uid={e['uid']} {safe(e['computer'] or '-')} "
                f"{safe(e['action'])} {safe(e['outcome'])}{store} {detail}".rstrip())

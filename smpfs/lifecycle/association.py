@@ -61,6 +61,10 @@ def describe(smp, a: dict) -> dict:
     d = dict(a)
     stores = stores_of(smp, a["id"], include_deleted=True)
     last = stores[-1] if stores else None
+    # created_at is the association's until it has a store, then the newest store's (as it
+    # always was); these two never change meaning
+    d["association_created_at"] = a["created_at"]
+    d["requested_at"] = last["created_at"] if last else None
     d["status"] = last["status"] if last else "not started"
     d["stores"] = len(stores)
     if last:
