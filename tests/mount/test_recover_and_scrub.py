@@ -292,3 +292,35 @@ def test_fsck_repairs_what_a_crash_leaves_and_the_store_reads_back(smp):
     smp.umount()
     r = smp.cli("recover", "--key", key, store_dir, smp.root / "out")
     assert snapshot(smp.root / "out") == expected
+
+
+def test_recover_leaves_outdir_as_the_store_root_and_needs_read_access_to_the_store(smp):
+    """What docs/admin.md and README say of OUTDIR and of who can recover, checked."""
+    old, new = smp.add_computer(), smp.add_computer()
+    smp.associate(old, new)
+    store = smp.request_capture(old)
+    smp.as_uid(old, os.chmod, store, 0o750)                 # as a migration tool may
+    top = smp.as_uid(old, os.stat, store)
+    smp.release_capture(old)
+    shown = json.loads(smp.cli("key", "show", old.name, "--json").out)
+    key, store_dir = shown["recovery_key"], Path(shown["store_path"])
+    smp.umount()
+    out = smp.root / "taken-over"
+    out.mkdir()
+    os.chown(out, ATTACKER, ATTACKER)
+    os.chmod(out, 0o777)
+    smp.cli("recover", "--key", key, store_dir, out)
+    st = os.stat(out)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode))
+    assert st.st_uid == old.uid and stat.S_IMODE(st.st_mode) == 0o750
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "admin.md").read_text()
+    assert "(root, 0700) before writing" not in docs and "OUTDIR ends as the store's top directory was" in docs
+    # a uid that has the key but cannot read the store directory (root's, 0700): a usage error saying so
+    mine = smp.root / "mine"
+    mine.mkdir()
+    os.chown(mine, new.uid, 0)
+    r = smp.cli("recover", "--key", key, store_dir, mine / "out", uid=new, check=False)
+    assert r.code == 2 and "not readable" in r.err and key not in r.err, r.err
+    assert stat.S_IMODE(os.stat(store_dir).st_mode) & 0o007 == 0
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "anyone with the key |" not in readme and "read access to the store directory" in readme
