@@ -75,19 +75,19 @@ uninstall() {
     for link in "$bindir/smpfs" "$sbindir/mount.fuse.smpfs" "$helperdir/mount.fuse.smpfs"; do
         if [ -L "$root$link" ] && [[ "$(readlink "$root$link")" == "$prefix"/* ]]; then
             rm -f "$root$link"
-            say "removed $link"
+            say "removed $root$link"
         fi
     done
     if [ -f "$root$unitdir/smpfs@.service" ] && grep -q "^ExecStart=$prefix/bin/smpfs " "$root$unitdir/smpfs@.service"; then
         rm -f "$root$unitdir/smpfs@.service"
-        say "removed $unitdir/smpfs@.service"
+        say "removed $root$unitdir/smpfs@.service"
         [ -n "$root" ] || { command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true; }
     fi
     if [ -f "$venv/pyvenv.cfg" ] && [ -f "$venv/.smpfs-install" ]; then
         rm -rf --one-file-system "$venv"
-        say "removed $prefix"
+        say "removed $venv"
     elif [ -e "$venv" ]; then
-        say "left $prefix: not a virtualenv this script made"
+        say "left $venv: not a virtualenv this script made"
     fi
 }
 
@@ -124,12 +124,12 @@ wheel="$(ls "$work"/dist/smpfs-*.whl)"
 
 # 2. the venv at PREFIX (kept across runs: an upgrade replaces smpfs in it)
 if [ ! -x "$venv/bin/python" ]; then
-    say "creating the virtualenv $prefix with $python ($("$python" --version 2>&1))"
+    say "creating the virtualenv $venv with $python ($("$python" --version 2>&1))"
     mkdir -p "$(dirname "$venv")"
     "$python" -m venv "$venv"
     touch "$venv/.smpfs-install"
 fi
-say "installing $(basename "$wheel") into $prefix"
+say "installing $(basename "$wheel") into $venv"
 "$venv/bin/pip" install -q --disable-pip-version-check --upgrade --force-reinstall --no-deps "$wheel"
 "$venv/bin/pip" install -q --disable-pip-version-check "$wheel"          # its dependencies
 if [ -n "$root" ]; then
@@ -147,16 +147,17 @@ ln -sfn "$prefix/bin/smpfs" "$root$bindir/smpfs"
 ln -sfn "$prefix/bin/mount.fuse.smpfs" "$root$sbindir/mount.fuse.smpfs"
 [ "$(readlink -f "$root$helperdir")" = "$(readlink -f "$root$sbindir")" ] \
     || ln -sfn "$prefix/bin/mount.fuse.smpfs" "$root$helperdir/mount.fuse.smpfs"
-say "linked $bindir/smpfs, $sbindir/mount.fuse.smpfs and $helperdir/mount.fuse.smpfs -> $prefix/bin"
+say "linked $root$bindir/smpfs, $root$sbindir/mount.fuse.smpfs and $root$helperdir/mount.fuse.smpfs -> $prefix/bin"
 
 # 4. the systemd unit, naming what was installed
 mkdir -p "$root$unitdir"
-sed -e "s#@SMPFS@#$prefix/bin/smpfs#g" -e "s#@DOC@#$prefix/share/doc/smpfs#g" \
+# (the placeholders are replaced in the unit's settings only; its comment keeps explaining them)
+sed -e "/^[[:space:]]*[#;]/!{s#@SMPFS@#$prefix/bin/smpfs#g; s#@DOC@#$prefix/share/doc/smpfs#g}" \
     "$here/tools/systemd/smpfs@.service" > "$root$unitdir/smpfs@.service.tmp"
 mv "$root$unitdir/smpfs@.service.tmp" "$root$unitdir/smpfs@.service"
 chmod 644 "$root$unitdir/smpfs@.service"
-say "wrote $unitdir/smpfs@.service (ExecStart=$prefix/bin/smpfs)"
+say "wrote $root$unitdir/smpfs@.service (ExecStart=$prefix/bin/smpfs)"
 if [ -z "$root" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
 fi
-say "installed: $("$venv/bin/python" -c 'import importlib.metadata as m; print("smpfs", m.version("smpfs"))') in $prefix"
+say "installed: $("$venv/bin/python" -c 'import importlib.metadata as m; print("smpfs", m.version("smpfs"))') in $venv${root:+ (for $prefix once $root is /)}"

@@ -124,12 +124,26 @@ def test_install_system_stages_into_a_root_naming_the_final_paths(tmp_path):
     unit = (stage / "etc/systemd/system/smpfs@.service").read_text()
     assert "ExecStart=/opt/smpfs-test/bin/smpfs mount --foreground %f" in unit
     assert str(stage) not in unit and str(stage) not in (venv / "pyvenv.cfg").read_text()
+    # the unit's own comment still explains its placeholders; only its settings name the paths
+    template = (ROOT / "tools/systemd/smpfs@.service").read_text()
+    comment = [line for line in template.splitlines() if line.startswith("#")]
+    assert [line for line in unit.splitlines() if line.startswith("#")] == comment
+    assert any("@SMPFS@" in line for line in comment) and "Documentation=file:///opt/smpfs-test/share/doc" in unit
+    assert "@SMPFS@" not in "".join(line for line in unit.splitlines() if not line.startswith("#"))
+    # it says what it wrote where it wrote it: in the staging root, not on this system
+    said = [line for line in r.stdout.splitlines() if line.startswith(("linked ", "wrote ", "installing "))]
+    assert len(said) == 3, r.stdout
+    for line in said:
+        paths = re.findall(r"(/[^\s,()]+)", line.split(" -> ")[0].split(" (")[0])
+        assert paths and all(p.startswith(str(stage)) for p in paths if not p.endswith(".whl")), line
     # it runs from where it was staged too (its python is /usr/bin/python3's)
     r2 = subprocess.run([str(venv / "bin" / "python"), "-m", "smpfs", "--version"], capture_output=True, text=True)
     assert r2.returncode == 0 and "smpfs, version" in r2.stdout
     r3 = subprocess.run([str(SCRIPT), "--root", str(stage), "--prefix", "/opt/smpfs-test", "--uninstall"],
                         capture_output=True, text=True, cwd=ROOT)
     assert r3.returncode == 0, r3.stderr
+    removed = [line for line in r3.stdout.splitlines() if line.startswith("removed ")]
+    assert len(removed) >= 3 and all(line.startswith(f"removed {stage}/") for line in removed), r3.stdout
     assert not venv.exists() and not (stage / "usr/local/bin/smpfs").exists()
     assert not (stage / "etc/systemd/system/smpfs@.service").exists()
 
