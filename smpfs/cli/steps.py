@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import click
 
+from ..errors import SmpError
 from ..lifecycle import request
 from .base import emit_json, json_option, main, print_store_path, release_message, run, run_retrying, want_json
 
 
-def _say_retry(retries: int, delay: float):
+def _retrying(command: str, retry_on: tuple, retries: int, delay: float, as_json: bool, **args) -> dict:
+    """The step with its retries: each retry a line on stderr, or with --json
+    (one object only) listed as ``attempts`` beside the error if it fails."""
+    attempts: list[dict] = []
+
     def say(attempt: int, e) -> None:
-        click.echo(f"smpfs: {e.message}; retry {attempt}/{retries} in {delay:g}s", err=True)
-    return say
+        if as_json:
+            attempts.append({"attempt": attempt, "class": type(e).__name__, "exit": e.exit_code,
+                             "message": e.message})
+        else:
+            click.echo(f"smpfs: {e.message}; retry {attempt}/{retries} in {delay:g}s", err=True)
+    try:
+        return run_retrying(command, retries, delay, retry_on, on_retry=say, **args)
+    except SmpError as e:
+        if as_json and attempts:
+            e.json_extra = {"attempts": attempts}
+        raise
 
 
 @main.group("request")
@@ -38,8 +52,8 @@ def request_capture(computer, retries, retry_delay, unc, as_json):
     Example (in a task sequence, as the computer's uid):
       OSDStateStorePath=$(smpfs request capture --retries 3 --retry-delay 60)
     """
-    r = run_retrying("request_capture", retries, retry_delay, request.RETRY_CAPTURE,
-                     on_retry=_say_retry(retries, retry_delay), computer=computer)
+    r = _retrying("request_capture", request.RETRY_CAPTURE, retries, retry_delay, want_json(as_json),
+                  computer=computer)
     print_store_path(r, unc, as_json)
 
 
@@ -61,8 +75,8 @@ def request_restore(computer, retries, retry_delay, unc, as_json):
     Example:
       OSDStateStorePath=$(smpfs request restore --retries 10 --retry-delay 60)
     """
-    r = run_retrying("request_restore", retries, retry_delay, request.RETRY_RESTORE,
-                     on_retry=_say_retry(retries, retry_delay), computer=computer)
+    r = _retrying("request_restore", request.RETRY_RESTORE, retries, retry_delay, want_json(as_json),
+                  computer=computer)
     print_store_path(r, unc, as_json)
 
 

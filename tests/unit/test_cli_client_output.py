@@ -58,3 +58,19 @@ def test_as_text_each_attempt_is_a_line_then_the_error(tmp_path, nobody_listens,
     lines = r.stderr.splitlines()
     assert all(line.startswith(("smpfs: ", "  hint: ")) for line in lines), lines
     assert lines[-1].startswith("  hint: ") and len(lines) >= 4, lines
+
+
+def test_local_request_retries_with_json_leave_one_error_object_on_stderr(tmp_path, monkeypatch):
+    from smpfs.cli import base as cli_base
+    monkeypatch.setattr(cli_base, "is_admin", lambda: True)
+    state = tmp_path / "state"
+    assert invoke("--state", state, "init", "--server", "SMP01").exit_code == 0
+    assert invoke("--state", state, "computer", "add", "PC-NEW", "--uid", "2002").exit_code == 0
+    args = ["request", "restore", "PC-NEW", "--retries", "2", "--retry-delay", "0"]
+    r = invoke("--state", state, "--json", *args)
+    assert r.exit_code == 15 and r.stdout == ""
+    obj = json.loads(r.stderr)
+    assert set(obj["error"]) == {"class", "exit", "message", "hint"} and obj["error"]["exit"] == 15
+    assert [a["attempt"] for a in obj["attempts"]] == [1, 2] and obj["attempts"][0]["exit"] == 15
+    r = invoke("--state", state, *args)                     # as text: a line per retry, then the error
+    assert r.exit_code == 15 and r.stderr.count("; retry ") == 2 and "\n  hint: " in r.stderr
