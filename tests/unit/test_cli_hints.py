@@ -197,3 +197,15 @@ def test_a_restore_requested_too_early_is_told_what_to_wait_for(migration):
     step(OLD, "request_capture")
     hint = followable(refusal(lambda: step(NEW, "release_restore"), 14))
     assert "PC-OLD must release its capture first" in hint
+
+
+@pytest.mark.parametrize("cmd", [["init", "--server", "SMP02"], ["folder", "add", "{tmp}/f"],
+                                 ["folder", "set", "{tmp}/f"]])
+def test_a_bad_minimum_free_space_hint_names_both_forms(cmd, state, tmp_path):
+    args = [a.format(tmp=tmp_path) for a in cmd]
+    where = ["--state", tmp_path / "fresh"] if cmd[0] == "init" else ["--state", state]
+    if cmd[:2] == ["folder", "set"]:
+        assert invoke(*where, "folder", "add", args[2]).exit_code == 0
+    r = invoke(*where, *args, "--min-free", "5XB")
+    assert r.exit_code == 2 and "5XB" not in r.stderr, r.stderr
+    assert "10%" in hint(r) and "500MB" in hint(r), r.stderr
