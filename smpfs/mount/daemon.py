@@ -51,6 +51,7 @@ from .catalog import GONE, Catalog, ShareRec, StoreRec
 from .guard import OP_COUNTS
 from .host import min_free_fn, raise_fd_limit, sd_notify, set_readahead
 from .inodes import SHARE_BASE, join
+from .kernelcache import KernelCache
 from .mounting import LOG_FILE, forget_daemon, preflight
 from .operations import SmpOperations
 
@@ -84,6 +85,7 @@ class Daemon:
         self.catalog = Catalog()
         self.denials = audit.DenialCounter()          # the filesystem's refusals, counted for the audit log
         self.ops: SmpOperations | None = None
+        self.kcache: KernelCache | None = None
         self.wake_retention: trio.Event | None = None
         self.nursery = None
         self.control_limiter = trio.CapacityLimiter(CONTROL_THREADS)
@@ -134,6 +136,7 @@ class Daemon:
             self._recover_if_dirty()
             self.refresh()
             self.ops = SmpOperations(self.catalog, self._open_store, on_denied=self.denials.note)
+            self.kcache = KernelCache(self.ops.pagecache)
             opts = set(pyfuse3.default_options)
             opts.discard("default_permissions")
             opts |= {"fsname=smpfs", "subtype=smpfs", "noatime"}
@@ -296,7 +299,7 @@ class Daemon:
         if rec.status in GONE:
             inodes = self.ops.handles.inodes_of(rec.rowid)
             self.ops.stores.close(rec.rowid, abandon=True)
-            self._invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()),
+            self.kcache.invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()),
                              rowid=rec.rowid)
             return False
         freeze = False
@@ -312,36 +315,16 @@ class Daemon:
         # who may see what changed: drop every cached attribute and page of the
         # store (no dirty pages: no writeback cache), so the next stat() or read()
         # of anything in it asks us, and the access table, again
-        self._invalidate(set(self.ops.handles.inodes_of(rec.rowid)) | {join(rec.rowid, STORE_ROOT)},
+        self.kcache.invalidate(set(self.ops.handles.inodes_of(rec.rowid)) | {join(rec.rowid, STORE_ROOT)},
                          rowid=rec.rowid)
         return freeze
-
-    def _invalidate(self, inodes, attr_only=False, entry=None, rowid=None) -> None:
-        """Drop kernel caches from a worker thread (never inside a handler);
-        with ``rowid``, once no page of that store is being pushed."""
-        if self.nursery is None:
-            return
-        def work():
-            if rowid is not None:
-                self.ops.pagecache.quiesce(rowid)
-            for ino in inodes:
-                try:
-                    pyfuse3.invalidate_inode(ino, attr_only=attr_only)
-                except OSError:
-                    pass
-            if entry is not None:
-                try:
-                    pyfuse3.invalidate_entry(entry[0], entry[1])
-                except OSError:
-                    pass
-        self.nursery.start_soon(trio.to_thread.run_sync, work)
 
     # -- the loop --------------------------------------------------------------------
 
     async def _main(self) -> None:
         self.wake_retention = trio.Event()
         async with trio.open_nursery() as nursery:
-            self.nursery = nursery
+            self.nursery = self.kcache.nursery = nursery
             await nursery.start(self.ops.wb.run)
             await nursery.start(control.serve, self.state_dir / control.SOCKET_NAME, self._command)
             for service in self.services:
@@ -513,6 +496,7 @@ class Daemon:
                                                audit_context=audit_context)
         for rowid in self.refresh(result.get("changed_stores")):
             await self.freeze(rowid)                 # a release is acknowledged once durable
+        await self.kcache.settled()                  # ... and once nothing cached serves its old reader
         if cmd == "key_rotate":
             self.smp.forget_master_key()             # rotated on a worker's connection: reread it
         self.wake_retention.set()
