@@ -17,8 +17,8 @@ from collections import OrderedDict
 
 from ..crypto import chunk
 from ..crypto.chunk import BLOCK_SIZE
-from ..crypto.keys import BLOCK_SALT_BYTES
 from . import diskio
+from .blockjob import BlockJob, Dirty, ReadPart
 from .layout import Attr, err, killed_mode
 from .parts import StoreParts
 
@@ -35,42 +35,6 @@ class SpaceAfterDurable(OSError):
     """ENOSPC that a durable point of the store may cure: superseded block
     files wait for one to be unlinked. The daemon makes that durable point
     without blocking its loop and tries once more; anything else gets ENOSPC."""
-
-
-class _Dirty:
-    """A block being modified in memory: its whole plaintext."""
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytearray):
-        self.data = data
-
-
-class BlockJob:
-    """One block on its way to disk: sealed and written by :meth:`run` (any
-    thread: pure crypto and file I/O), then recorded by
-    :meth:`StateStore.finish_block` (the store's thread)."""
-    __slots__ = ("store", "ino", "blkno", "counter", "data", "salt")
-
-    def __init__(self, store, ino, blkno, counter, data):
-        self.store, self.ino, self.blkno, self.counter, self.data = store, ino, blkno, counter, data
-        self.salt = os.urandom(BLOCK_SALT_BYTES)      # this version's own key (format 3)
-
-    def seal(self) -> bytearray:
-        st = self.store
-        aead, nonce_ctr = st.block_cipher(self.salt, self.counter)
-        return chunk.encrypt_block(aead, st.sid, self.ino, self.blkno, nonce_ctr, self.data)
-
-    def run(self) -> None:
-        write_block_file(self.store.block_path(self.counter), self.seal())
-
-
-class ReadPart:
-    """A piece of a read served from a stored block: see :meth:`StateStore.fetch`."""
-    __slots__ = ("ino", "blkno", "counter", "length", "first", "last", "start", "n", "salt")
-
-    def __init__(self, ino, blkno, counter, length, first, last, start, n, salt=None):
-        self.ino, self.blkno, self.counter, self.length = ino, blkno, counter, length
-        self.first, self.last, self.start, self.n, self.salt = first, last, start, n, salt
 
 
 class DirtyBudget:
@@ -94,33 +58,11 @@ class DirtyBudget:
 PROCESS_BUDGET = DirtyBudget()
 
 
-def write_block_file(path: str, data) -> None:
-    """Create a block file. A file already of that name can only be an orphan
-    that a rolled-back store left (the store's counter starts above every
-    counter its block map points to): it is replaced."""
-    io = diskio.io
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    try:
-        fd = io.open(path, flags, 0o600)
-    except FileExistsError:
-        io.unlink(path)
-        fd = io.open(path, flags, 0o600)
-    try:
-        mv = memoryview(data)
-        while mv:
-            mv = mv[io.write(fd, mv):]
-    except BaseException:
-        io.close(fd)
-        io.unlink(path)
-        raise
-    io.close(fd)
-
-
 class BlocksMixin(StoreParts):
     """Part of :class:`~smpfs.store.statestore.StateStore`: file content."""
 
     def init_blocks(self, budget: DirtyBudget) -> None:
-        self._dirty: OrderedDict[tuple[int, int], _Dirty] = OrderedDict()
+        self._dirty: OrderedDict[tuple[int, int], Dirty] = OrderedDict()
         self._dirty_bytes = 0
         self._unsynced: dict[int, set[int]] = {}      # ino -> counters written since its last fsync
         self._unsynced_all: set[int] = set()           # counters written since the last durable point
@@ -398,7 +340,7 @@ class BlocksMixin(StoreParts):
                     else:
                         row = self._block_row(ino, blkno)
                         base = bytearray(self._load_block(ino, blkno, row)) if row else bytearray()
-                    d = self._dirty[key] = _Dirty(base)
+                    d = self._dirty[key] = Dirty(base)
                     self._dirty_bytes += len(base)
                 before = len(d.data)
                 if boff > before:
@@ -456,7 +398,7 @@ class BlocksMixin(StoreParts):
                 pass
             if not stale and key not in self._dirty and key not in self._inflight:
                 data = bytearray(job.data)           # keep it: nothing written is lost
-                self._dirty[key] = _Dirty(data)
+                self._dirty[key] = Dirty(data)
                 self._dirty_bytes += len(data)
             self._errors[job.ino] = error if isinstance(error, OSError) else err(errno.EIO, str(error))
             return
