@@ -29,16 +29,13 @@ its configuration on SIGHUP).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import glob
 import logging
 import os
 import shutil
 import signal
-import socket
-import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,16 +44,24 @@ import trio
 from ..errors import MountError
 from ..lifecycle import computer, rows
 from ..lifecycle.smp import Smp
+from .smbhost import (
+    RUN_DIRS,
+    RUNDIR_NOTE,
+    SMB_DIR,
+    check_port_free,
+    find_nss_wrapper,
+    find_tool,
+    helpers_of,
+    listens,
+    make_runtime_dir,
+    own_dir,
+    remove_runtime_dir,
+    write_file,
+)
 
 log = logging.getLogger("smpfs.network.smb")
 
-SMB_DIR = "smb"
 _DIRS = ("private", "log")
-#: Samba's volatile databases: they hold the names of open files (locking.tdb),
-#: so they live in RAM (a tmpfs), never in the state dir
-_RUN_DIRS = ("lock", "state", "cache", "pid", "ncalrpc")
-RUNTIME_BASES = ("/run", "/dev/shm")
-RUNDIR_NOTE = "rundir"
 #: smbd processes at once (one per client connection, plus a few of its own):
 #: each costs ~10 MB, so connections beyond it are closed at once rather than
 #: letting anyone who reaches the port fork smbd without bound.
@@ -75,125 +80,6 @@ RESTARTS = 5
 RESTART_DELAY = 2.0
 RESTART_DELAY_MAX = 30.0
 STABLE_S = 60.0
-NSS_WRAPPER_GLOBS = ("/usr/lib/*/libnss_wrapper.so", "/usr/lib64/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so")
-
-
-def find_nss_wrapper() -> str:
-    env = os.environ.get("SMPFS_NSS_WRAPPER")
-    for cand in ([env] if env else []) + [p for g in NSS_WRAPPER_GLOBS for p in sorted(glob.glob(g))]:
-        if cand and os.path.exists(cand):
-            return cand
-    raise MountError("SMB needs Samba's nss_wrapper library (libnss_wrapper.so), which is not installed",
-                     "Debian: apt-get install samba libnss-wrapper")
-
-
-def runtime_base(state_dir: Path) -> Path:
-    """Where smbd's volatile files go: the first tmpfs of /run, /dev/shm
-    (``$SMPFS_RUNTIME_DIR`` overrides), else the state dir's ``smb/``."""
-    tmpfs = set()
-    try:
-        with open("/proc/self/mounts") as f:
-            tmpfs = {line.split()[1] for line in f if line.split()[2] == "tmpfs"}
-    except OSError:
-        pass
-    base = os.environ.get("SMPFS_RUNTIME_DIR") or next((b for b in RUNTIME_BASES if b in tmpfs), None)
-    if base is None:
-        log.info("no tmpfs at %s: Samba's lock databases stay in the state dir", " or ".join(RUNTIME_BASES))
-        return Path(state_dir) / SMB_DIR
-    return Path(base)
-
-
-def make_runtime_dir(state_dir: Path) -> Path:
-    """A new directory for smbd's volatile files, ``smpfs-smb-<random>`` (mode
-    0700) under :func:`runtime_base`, made by mkdtemp: its name cannot be
-    guessed before it exists, so nothing another uid plants in a world-writable
-    /dev/shm is ever followed or removed. Its name is kept in STATE/smb/rundir
-    so that the next mount removes it if this one could not."""
-    base = runtime_base(state_dir)
-    note = Path(state_dir) / SMB_DIR / RUNDIR_NOTE
-    try:
-        old = note.read_text().strip()
-    except OSError:
-        old = ""
-    if old:
-        remove_runtime_dir(Path(old))
-    try:
-        path = Path(tempfile.mkdtemp(prefix="smpfs-smb-", dir=base))
-    except OSError as e:
-        raise MountError(f"cannot create Samba's runtime directory in {base}: {e.strerror}",
-                         "set $SMPFS_RUNTIME_DIR to a root-only directory on a tmpfs")
-    _write(note, f"{path}\n", 0o600)
-    return path
-
-
-def _own_dir(path: Path) -> bool:
-    """``path`` is a directory smpfs made: a real one (not a symlink), ours, 0700."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
-            and path.name.startswith("smpfs-smb-"))
-
-
-def remove_runtime_dir(path: Path) -> None:
-    """Remove a runtime directory smpfs made: only a real directory owned by
-    root (never a symlink or what another uid put there)."""
-    if not os.path.lexists(path):
-        return
-    if not _own_dir(path):
-        log.warning("not removing %s: not a directory of smpfs's own", path)
-        return
-    shutil.rmtree(path, ignore_errors=True)     # rmtree never follows symlinks inside
-
-
-def find_tool(name: str) -> str:
-    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-    if path is None:
-        raise MountError(f"SMB needs Samba's {name}, which is not installed", "Debian: apt-get install samba")
-    return path
-
-
-def check_port_free(address: str, port: int) -> None:
-    """MountError at once if another process listens on ``address:port``."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address or "0.0.0.0", port))
-        except OSError as e:
-            raise MountError(f"cannot serve SMB on {address}:{port}: {e.strerror}",
-                             f"another process uses the port (ss -ltnp 'sport = :{port}' names it): stop it, "
-                             "or pick another port with `smpfs config --smb-port [ADDR:]PORT`") from None
-
-
-def listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` itself holds a socket listening on TCP ``port``
-    (/proc/net/tcp{,6} of this network namespace, and the process's fds)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f, None)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{fields[9]}]")
-        except OSError:
-            continue
-    if not inodes:
-        return False
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 class SmbService:
@@ -343,15 +229,15 @@ class SmbService:
         """smbd's runtime directory, empty: a new one (random name) at the first
         start; at a restart the same one, emptied inside (only root writes there,
         so nothing is swapped meanwhile; if it is gone, a new one, in smb.conf)."""
-        if self.run_dir is not None and _own_dir(self.run_dir):
-            for d in _RUN_DIRS:                                   # nothing of the previous smbd
+        if self.run_dir is not None and own_dir(self.run_dir):
+            for d in RUN_DIRS:                                   # nothing of the previous smbd
                 shutil.rmtree(self.run_dir / d, ignore_errors=True)
         else:
             restart = self.run_dir is not None
             self.run_dir = make_runtime_dir(self.state_dir)
             if restart:
                 self._sync(force_conf=True)
-        for d in _RUN_DIRS:
+        for d in RUN_DIRS:
             (self.run_dir / d).mkdir(mode=0o700)
 
     def _drop_run_dir(self) -> None:
@@ -400,7 +286,24 @@ class SmbService:
             except ProcessLookupError:
                 break
             await trio.sleep(0.05)
+        await self._stop_rpc_helpers()
         log.info("smbd stopped")
+
+    async def _stop_rpc_helpers(self) -> None:
+        """smbd starts samba-dcerpcd (share listing, srvsvc) on demand in a
+        session of its own, which outlives smbd: stop every root process that
+        runs with our smb.conf."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = await trio.to_thread.run_sync(helpers_of, self.conf)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            with trio.move_on_after(3.0):
+                while await trio.to_thread.run_sync(helpers_of, self.conf):
+                    await trio.sleep(0.05)
+                return
 
     async def _resync(self) -> None:
         """One sync at a time; changes that arrive during one are all picked up by the next."""
@@ -441,20 +344,20 @@ class SmbService:
             server = smp.setting("server")
         finally:
             smp.close()
-        _write(self.dir / "passwd", "root:x:0:0:root:/root:/bin/false\n"
+        write_file(self.dir / "passwd", "root:x:0:0:root:/root:/bin/false\n"
                "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
                + "".join(f"{a['name']}:x:{a['uid']}:{a['uid']}:smpfs computer:/nonexistent:/bin/false\n"
                          for a in accounts), 0o644)
-        _write(self.dir / "group", "root:x:0:\nnogroup:x:65534:\n"
+        write_file(self.dir / "group", "root:x:0:\nnogroup:x:65534:\n"
                + "".join(f"{a['name']}:x:{a['uid']}:\n" for a in accounts), 0o644)
         share_names = [s for s, _ in shares]
         changed = share_names != self.shares
         if changed or force_conf:
-            _write(self.conf, self._conf_text(server, share_names), 0o600)
+            write_file(self.conf, self._conf_text(server, share_names), 0o600)
             self.shares = share_names
         now = int(time.time())
         pw = self.dir / "private" / "import.smbpasswd"
-        _write(pw, "".join(f"{a['name']}:{a['uid']}:{'X' * 32}:{a['nt_hash']}:[UX         ]:LCT-{now:08X}:\n"
+        write_file(pw, "".join(f"{a['name']}:{a['uid']}:{'X' * 32}:{a['nt_hash']}:[UX         ]:LCT-{now:08X}:\n"
                            for a in accounts), 0o600)
         try:
             if accounts:
@@ -557,15 +460,6 @@ def max_smbd_processes() -> int:
     except ValueError:
         n = MAX_SMBD_PROCESSES
     return max(n, 4)
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _tail(path: Path, n: int = 400) -> str:

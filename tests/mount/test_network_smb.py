@@ -195,3 +195,31 @@ def test_smbd_and_https_do_not_outlive_a_killed_daemon(net_smp_fresh):
     n.smp.mount()                                   # and the next mount serves again
     c = n.computer()
     assert n.client(c, "request", "capture").code == 0
+
+
+def test_no_samba_process_outlives_the_mount(net_smp_fresh):
+    """Listing shares makes smbd start samba-dcerpcd in a session of its own:
+    it (and its RPC workers) stop with the mount, like smbd."""
+    n = net_smp_fresh
+    c = n.computer()
+    r = subprocess.run(["smbclient", "-L", "//127.0.0.1", "-p", str(n.smb_port), "-A", authfile(n, c)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    conf = n.smp.state / "smb" / "smb.conf"
+
+    def ours():
+        return [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, f"--configfile={conf}")]
+    assert ours(), "the share listing started no Samba helper: this test no longer tests anything"
+    n.smp.umount()
+    deadline = time.monotonic() + 10
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ours(), "Samba processes of this SMP still run after its unmount"
+
+
+def _cmdline_has(pid: str, arg: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return arg.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
