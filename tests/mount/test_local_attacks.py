@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +26,14 @@ from smpfs.testing import mounted, spawn_as
 NOBODY = 65534          # a uid that is no computer
 
 
-def raw_call(state, cmd: str, args: dict, timeout: float = 30) -> dict:
-    """One control request as a hostile client sends it; the reply as a dict."""
+def raw_send(state, payload: bytes, timeout: float = 30) -> bytes:
+    """Bytes written by hand to the control socket of the SMP in ``state`` (as a
+    hostile client, or a forged request the CLI never sends); the reply line."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect(str(state / "control.sock"))
-        s.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+        s.connect(str(Path(state) / "control.sock"))
+        s.sendall(payload)
         buf = b""
         while not buf.endswith(b"\n"):
             piece = s.recv(65536)
@@ -40,6 +42,12 @@ def raw_call(state, cmd: str, args: dict, timeout: float = 30) -> dict:
             buf += piece
     finally:
         s.close()
+    return buf
+
+
+def raw_call(state, cmd: str, args: dict, timeout: float = 30) -> dict:
+    """One control request as a hostile client sends it; the reply as a dict."""
+    buf = raw_send(state, json.dumps({"cmd": cmd, "args": args}).encode() + b"\n", timeout)
     return json.loads(buf) if buf.strip() else {}
 
 

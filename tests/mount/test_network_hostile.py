@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_local_attacks import raw_send
 
 from smpfs import testing
 from smpfs.lifecycle.audit import REFUSAL_ROWS_PER_WINDOW, REFUSALS_PER_WINDOW
@@ -142,19 +143,7 @@ def test_a_computer_repeating_its_capture_request_adds_one_row_that_counts_the_r
 def _nested_control_call(state: Path) -> list[dict]:
     replies = []
     for _ in range(40):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(30)
-        try:
-            s.connect(str(state / "control.sock"))
-            s.sendall(b'{"cmd":"ping","args":' + b"[" * 1100 + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                piece = s.recv(65536)
-                if not piece:
-                    break
-                buf += piece
-        finally:
-            s.close()
+        buf = raw_send(state, b'{"cmd":"ping","args":' + b"[" * 1100 + b"\n")
         replies.append(json.loads(buf))
     return replies
 

@@ -27,8 +27,10 @@ import json
 import os
 import re
 import stat
+from pathlib import Path
 
 import pytest
+from test_local_attacks import raw_send
 
 EACCES, EROFS, ENOTTY = errno.EACCES, errno.EROFS, errno.ENOTTY
 FS_IOC_GETFLAGS = 0x80086601
@@ -424,21 +426,7 @@ def test_denials_leak_nothing(smp):
 def _raw_control(sock_path: str, request: dict) -> dict:
     """One control request, written by hand (not through the CLI, which never
     sends identity fields): the reply, as JSON."""
-    import socket
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(60)
-    try:
-        s.connect(sock_path)
-        s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            piece = s.recv(65536)
-            if not piece:
-                break
-            buf += piece
-    finally:
-        s.close()
-    return json.loads(buf)
+    return json.loads(raw_send(Path(sock_path).parent, json.dumps(request).encode() + b"\n", timeout=60))
 
 
 FORGED_IDENTITY = ({"caller_uid": 0}, {"uid": 0}, {"caller_uid": 0, "uid": 0, "user": "root"})
