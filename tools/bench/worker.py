@@ -38,9 +38,7 @@ def _small_path(root, i, dirs):
     return os.path.join(root, f"d{i % dirs:02d}", f"f{i:05d}")
 
 
-def step_small_create(root, n, dirs, size, seed):
-    """Create ``n`` files of ``size`` bytes in ``dirs`` directories:
-    open(O_CREAT|O_EXCL) + write + close, no fsync."""
+def _create_small(root, n, dirs, size, seed, each_fsync: bool):
     n, dirs, size = int(n), int(dirs), int(size)
     buf = _buffer(int(seed))
     t0 = time.perf_counter()
@@ -53,31 +51,24 @@ def step_small_create(root, n, dirs, size, seed):
         try:
             if os.write(fd, _slice(buf, i, size)) != size:
                 raise OSError("short write")
+            if each_fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     return {"seconds": time.perf_counter() - t0, "files": n}
+
+
+def step_small_create(root, n, dirs, size, seed):
+    """Create ``n`` files of ``size`` bytes in ``dirs`` directories:
+    open(O_CREAT|O_EXCL) + write + close, no fsync."""
+    return _create_small(root, n, dirs, size, seed, each_fsync=False)
 
 
 def step_small_each_fsync(root, n, dirs, size, seed):
     """Create ``n`` files of ``size`` bytes in ``dirs`` directories, each
     open(O_CREAT|O_EXCL) + write + fsync + close before the next one (what a
     careful capture tool does per file)."""
-    n, dirs, size = int(n), int(dirs), int(size)
-    buf = _buffer(int(seed))
-    t0 = time.perf_counter()
-    os.mkdir(root)
-    for j in range(dirs):
-        os.mkdir(os.path.join(root, f"d{j:02d}"))
-    for i in range(n):
-        fd = os.open(_small_path(root, i, dirs),
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            if os.write(fd, _slice(buf, i, size)) != size:
-                raise OSError("short write")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return {"seconds": time.perf_counter() - t0, "files": n}
+    return _create_small(root, n, dirs, size, seed, each_fsync=True)
 
 
 def step_small_durable(root, n, dirs):
