@@ -167,9 +167,10 @@ class Daemon:
             # was served yet, so unmount cleanly rather than leave a dead mount,
             # and report the error itself (trio wraps it in an ExceptionGroup)
             ok = True
-            err = smp_error_in(e) or MountError(f"{type(e).__name__}: {e}", f"see {self.state_dir / LOG_FILE}")
-            if smp_error_in(e) is None:
+            err = smp_error_in(e)
+            if err is None:
                 log.exception("starting the mount failed")
+                err = MountError(f"{type(e).__name__}: {e}", f"see {self.state_dir / LOG_FILE}")
             log.error("not mounted: %s", err.message)
             self._tell_parent_error(err)
             raise err from None
@@ -300,7 +301,7 @@ class Daemon:
             inodes = self.ops.handles.inodes_of(rec.rowid)
             self.ops.stores.close(rec.rowid, abandon=True)
             self.kcache.invalidate(inodes, entry=(SHARE_BASE + rec.folder_id, rec.store_id.encode()),
-                             rowid=rec.rowid)
+                                   rowid=rec.rowid)
             return False
         freeze = False
         if st is not None:
@@ -316,7 +317,7 @@ class Daemon:
         # store (no dirty pages: no writeback cache), so the next stat() or read()
         # of anything in it asks us, and the access table, again
         self.kcache.invalidate(set(self.ops.handles.inodes_of(rec.rowid)) | {join(rec.rowid, STORE_ROOT)},
-                         rowid=rec.rowid)
+                               rowid=rec.rowid)
         return freeze
 
     # -- the loop --------------------------------------------------------------------
