@@ -101,23 +101,6 @@ def invoke(*args, input=None):
     return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
 
 
-@pytest.fixture
-def admin(monkeypatch):
-    monkeypatch.setattr(cli_base, "is_admin", lambda: True)
-
-
-@pytest.fixture
-def not_admin(monkeypatch):
-    monkeypatch.setattr(cli_base, "is_admin", lambda: False)
-
-
-@pytest.fixture
-def state(tmp_path, admin):
-    s = tmp_path / "state"
-    assert invoke("--state", s, "init", "--server", "SMP01").exit_code == 0
-    return s
-
-
 def test_the_walk_covers_every_command():
     assert len(COMMANDS) >= 30, IDS
     assert {"folder set", "computer import", "report", "role remove"} <= set(IDS)

@@ -14,21 +14,7 @@ import click
 import pytest
 from test_cli_contract import COMMANDS, IDS, invoke, plausible_args
 
-from smpfs.cli import base as cli_base
-
 KEY = "3E13C08D-5A1F22B7-90C4D1E6-7B3A9F02-C5E8D4A1-6F2B7C93-0D4E8A15-9E537882"
-
-
-@pytest.fixture
-def admin(monkeypatch):
-    monkeypatch.setattr(cli_base, "is_admin", lambda: True)
-
-
-@pytest.fixture
-def state(tmp_path, admin):
-    s = tmp_path / "state"
-    assert invoke("--state", s, "init", "--server", "SMP01").exit_code == 0
-    return s
 
 
 def hint(r) -> str:
